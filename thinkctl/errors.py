@@ -1,0 +1,30 @@
+"""Exceptions a user can act on.
+
+Every failure that is the user's to fix (a bad λ, a missing file, mismatched vocabularies, a malformed
+data line) is raised as a :class:`ThinkctlError` subclass with a message that names the problem, so the
+CLI can print it without a traceback from deep inside torch.
+"""
+
+
+class ThinkctlError(Exception):
+    """Base class for errors the user can fix; the CLI prints the message and exits with status 2."""
+
+
+class InvalidLambdaError(ThinkctlError, ValueError):
+    """A fusion weight λ is not a finite real number."""
+
+
+class VocabMismatchError(ThinkctlError):
+    """Two models that must share a vocabulary do not."""
+
+
+class ModelLoadError(ThinkctlError):
+    """A model or tokenizer could not be found or is not the kind thinkctl needs."""
+
+
+class DataFormatError(ThinkctlError, ValueError):
+    """A data file is missing, empty or has a malformed record."""
+
+
+class ConfigError(ThinkctlError, ValueError):
+    """A recipe or option has an unknown key or an invalid value."""

@@ -1,0 +1,82 @@
+"""The engine-agnostic rollout interface.
+
+A backend turns rendered prompts into completions at a fusion weight λ. It hides where the logits come
+from (two models, one InRa model, transformers or vLLM) and reports token counts and finish reasons with
+one meaning across engines:
+
+* ``token_ids`` are the generated tokens, without the prompt, including the stop token when one was hit;
+* ``finish_reason`` is ``"stop"`` when a stop token ended the completion and ``"length"`` when
+  ``max_new_tokens`` did.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from thinkctl.errors import ConfigError
+from thinkctl.fusion import validate_lambda
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to pick each next token; ``temperature == 0`` means greedy."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass
+class Completion:
+    """One generated continuation of one prompt."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    lam: float
+    meta: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+def broadcast_lambdas(lam: float | Sequence[float], n: int) -> list[float]:
+    """One validated λ per prompt, from a single λ or a list of exactly ``n``."""
+    if isinstance(lam, (int, float)) and not isinstance(lam, bool):
+        return [validate_lambda(lam)] * n
+    lams = [validate_lambda(x) for x in lam]
+    if len(lams) != n:
+        raise ConfigError(f"got {len(lams)} λ values for {n} prompts: give one λ or one per prompt")
+    return lams
+
+
+class RolloutBackend(abc.ABC):
+    """Generates completions at a fusion weight λ (one per call, or one per prompt)."""
+
+    #: the tokenizer shared by every model behind the backend
+    tokenizer: object
+
+    @abc.abstractmethod
+    def generate(
+        self, prompts: Sequence[str], lam: float | Sequence[float], sampling: SamplingConfig
+    ) -> list[Completion]:
+        """Complete each prompt (already rendered with the chat template) at its λ."""
+
+    def close(self) -> None:
+        """Release engines and memory; the default has nothing to release."""
