@@ -1,0 +1,50 @@
+"""Answer extraction, math-verify equivalence, and thinking-token counting."""
+
+import pytest
+
+from thinkctl.grading import count_thinking_tokens, extract_answer, extract_boxed, is_correct
+
+
+def test_extract_boxed_balances_braces_and_takes_the_last() -> None:
+    assert extract_boxed(r"first \boxed{1} then \boxed{\frac{1}{2}}") == r"\frac{1}{2}"
+    assert extract_boxed(r"\boxed {42}") == "42"
+    assert extract_boxed("no box") is None
+    assert extract_boxed(r"\boxed{unclosed") is None
+
+
+def test_extract_answer_ignores_boxes_inside_thinking() -> None:
+    text = r"<think> maybe \boxed{3}? no. </think> The answer is \boxed{4}."
+    assert extract_answer(text) == "4"
+    assert extract_answer(r"<think> \boxed{3} </think> I give up") is None
+
+
+def test_gsm8k_form() -> None:
+    assert extract_answer("Natalia sold 48 + 24 = 72 clips.\n#### 1,072") == "1072"
+
+
+@pytest.mark.parametrize(
+    "pred,gold,ok",
+    [
+        ("0.5", "1/2", True),
+        (r"\frac{1}{2}", "0.5", True),
+        (r"\dfrac{1}{2}", r"\frac12", True),
+        ("72", "72", True),
+        ("72.0", "72", True),
+        ("71", "72", False),
+        (r"2\sqrt{2}", r"\sqrt{8}", True),
+        (None, "1", False),
+        ("", "1", False),
+    ],
+)
+def test_is_correct_accepts_equivalent_forms(pred, gold, ok) -> None:
+    assert is_correct(pred, gold) is ok
+
+
+def test_count_thinking_tokens(word_tokenizer) -> None:
+    enc = lambda s: word_tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    assert count_thinking_tokens(enc("<think> 1 + 2 = 3 </think> the answer is 3 <|endoftext|>"), word_tokenizer) == 5
+    # an R1-style template opens the block in the prompt: count from the first response token
+    assert count_thinking_tokens(enc("1 + 2 = 3 </think> 3"), word_tokenizer) == 5
+    # never closed: everything but the final EOS is thinking
+    assert count_thinking_tokens(enc("<think> 1 + 2 <|endoftext|>"), word_tokenizer) == 3
+    assert count_thinking_tokens(enc("<think> 1 + 2 + 3"), word_tokenizer) == 5

@@ -1,0 +1,170 @@
+"""Benchmarks as lists of :class:`Problem`: the generated tiny task, MATH-500, GSM8K and AIME.
+
+Each named benchmark loads from the hub through ``datasets`` for users with a network, and every
+benchmark also loads from a local JSONL/JSON/parquet file, which is what offline machines and the
+tests use. Field names are normalised here once, so the rest of thinkctl sees one schema.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from thinkctl.errors import DataFormatError
+from thinkctl.io import iter_jsonl
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One question with a verifiable gold answer; ``level`` is a difficulty grade when known."""
+
+    id: str
+    question: str
+    answer: str
+    level: int | None = None
+    source: str = ""
+
+
+#: hub dataset, config, split and field names for the named benchmarks
+HUB_BENCHMARKS: dict[str, dict[str, Any]] = {
+    "math500": {"path": "HuggingFaceH4/MATH-500", "name": None, "split": "test"},
+    "gsm8k": {"path": "openai/gsm8k", "name": "main", "split": "test"},
+    "aime": {"path": "HuggingFaceH4/aime_2024", "name": None, "split": "train"},
+}
+
+_QUESTION_KEYS = ("question", "problem", "prompt")
+_ANSWER_KEYS = ("answer", "gold", "solution")
+_ID_KEYS = ("id", "unique_id", "problem_id")
+
+
+def _gold_from(raw: str, key: str) -> str:
+    """Reduce a dataset's answer field to the final answer (GSM8K's ``#### x``, MATH's ``\\boxed{}``)."""
+    from thinkctl.grading import extract_boxed
+
+    if "####" in raw:
+        return raw.rsplit("####", 1)[1].strip().replace(",", "")
+    if key == "solution":
+        boxed = extract_boxed(raw)
+        if boxed is not None:
+            return boxed
+    return raw.strip()
+
+
+def _parse_level(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, int):
+        return value
+    digits = "".join(ch for ch in str(value) if ch.isdigit())
+    return int(digits) if digits else None
+
+
+def problem_from_record(record: dict[str, Any], index: int, source: str) -> Problem:
+    """Normalise one raw record; ``source`` and ``index`` name it in errors (``file:line``)."""
+    question_key = next((k for k in _QUESTION_KEYS if k in record), None)
+    answer_key = next((k for k in _ANSWER_KEYS if k in record), None)
+    if question_key is None or answer_key is None:
+        missing = "a question field (question/problem/prompt)" if question_key is None else "an answer field (answer/gold/solution)"
+        raise DataFormatError(f"{source}: record has no {missing}; keys are {sorted(record)}")
+    id_key = next((k for k in _ID_KEYS if k in record), None)
+    return Problem(
+        id=str(record[id_key]) if id_key else str(index),
+        question=str(record[question_key]),
+        answer=_gold_from(str(record[answer_key]), answer_key),
+        level=_parse_level(record.get("level")),
+        source=source,
+    )
+
+
+def _load_local(path: Path) -> list[Problem]:
+    if not path.is_file():
+        raise DataFormatError(f"benchmark file does not exist: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return [
+            problem_from_record(rec, i, f"{path}:{i}")
+            for i, rec in enumerate(iter_jsonl(path), start=1)
+        ]
+    if suffix in (".json", ".parquet"):
+        import datasets
+
+        kind = "json" if suffix == ".json" else "parquet"
+        try:
+            ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+        except Exception as e:  # datasets raises many types for a bad file; name the file instead
+            raise DataFormatError(f"could not read {path} as {kind}: {e}") from None
+        return [problem_from_record(rec, i, f"{path}[{i}]") for i, rec in enumerate(ds)]
+    raise DataFormatError(f"unsupported benchmark file type {suffix!r} for {path}: use .jsonl, .json or .parquet")
+
+
+def _load_hub(name: str, split: str | None) -> list[Problem]:
+    import datasets
+
+    spec = HUB_BENCHMARKS[name]
+    try:
+        ds = datasets.load_dataset(spec["path"], spec["name"], split=split or spec["split"])
+    except Exception as e:  # offline machines raise connection errors of several types
+        raise DataFormatError(
+            f"could not load {name} ({spec['path']}) from the hub: {e}. "
+            "Offline? Pass a local JSONL/parquet path with question/problem and answer fields instead."
+        ) from None
+    return [problem_from_record(rec, i, f"{spec['path']}[{i}]") for i, rec in enumerate(ds)]
+
+
+def _load_tiny(split: str | None, limit: int | None, seed: int) -> list[Problem]:
+    from thinkctl.tiny.task import generate_problems
+
+    n = limit or 200
+    return [
+        Problem(p.id, p.question, p.answer, p.level, "tiny")
+        for p in generate_problems(n, seed=seed, split=split or "test")
+    ]
+
+
+def load_benchmark(spec: str, split: str | None = None, limit: int | None = None, seed: int = 0) -> list[Problem]:
+    """Load ``spec`` ("tiny", "math500", "gsm8k", "aime", or a local file path).
+
+    ``limit`` keeps the first ``limit`` problems (a fixed prefix, so runs with the same limit compare);
+    for the generated tiny task it is the number of problems generated.
+    """
+    if spec == "tiny":
+        problems = _load_tiny(split, limit, seed)
+    elif spec in HUB_BENCHMARKS:
+        problems = _load_hub(spec, split)
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise DataFormatError(
+                f"unknown benchmark {spec!r}: not one of tiny, {', '.join(HUB_BENCHMARKS)} and no such file"
+            )
+        problems = _load_local(path)
+    if not problems:
+        raise DataFormatError(f"benchmark {spec!r} has no problems")
+    ids = [p.id for p in problems]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise DataFormatError(f"benchmark {spec!r} has duplicate problem id {dup!r}; ids must be unique to resume")
+    return problems[:limit] if limit else problems
+
+
+def benchmark_name(spec: str) -> str:
+    """The name records carry: the benchmark's own name, or a local file's stem."""
+    return spec if spec == "tiny" or spec in HUB_BENCHMARKS else Path(spec).stem
+
+
+def sample_problems(problems: list[Problem], n: int, seed: int = 0) -> list[Problem]:
+    """A seeded random subset, for calibration splits drawn from a benchmark."""
+    if n >= len(problems):
+        return list(problems)
+    return random.Random(seed).sample(problems, n)
+
+
+def render_prompt(tokenizer: Any, question: str) -> str:
+    """The question as the model sees it: its chat template with the generation prompt appended."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+        )
+    return f"Question: {question}\nAnswer:"

@@ -1,0 +1,169 @@
+"""Fused generation from two logit streams, each with its own KV cache (DeRa-style decoding).
+
+A *stream* is anything called like a Hugging Face causal LM::
+
+    out = stream(input_ids=..., attention_mask=..., position_ids=..., past_key_values=...,
+                 use_cache=True, logits_to_keep=1)
+    out.logits, out.past_key_values
+
+Two separate models are two streams; an InRa model exposes its adapter path and its original path as
+two streams over shared weights. At every step the next-token distribution is
+``softmax(fuse_logits(z_aligned, z_ref, λ) / T)`` with λ per sequence. Streams whose weight is zero for
+every live sequence are not run at all, so λ = 0 costs exactly one forward pass of the reference.
+
+Finished sequences are dropped from the batch and from both caches as soon as they stop, so a batch of
+short and long thinkers costs what its live rows cost, not ``batch × longest``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from thinkctl.fusion import fuse_logits
+from thinkctl.rollout.base import SamplingConfig
+
+
+class LogitStream(Protocol):
+    """A callable with the Hugging Face causal-LM forward signature (see module docstring)."""
+
+    def __call__(self, **kwargs: Any) -> Any: ...
+
+
+@dataclass
+class GenerationResult:
+    """Generated tokens per input row (prompt excluded, stop token included) and why each ended."""
+
+    token_ids: list[list[int]]
+    finish_reasons: list[str]
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids for a left-padded batch: 0 at each row's first real token (pads get 0 too)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class _StreamState:
+    """One stream's cache plus the logits of its last step."""
+
+    def __init__(self, stream: LogitStream) -> None:
+        self.stream = stream
+        self.cache: Any = None
+        self.logits: torch.Tensor | None = None
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> None:
+        out = self.stream(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.cache = out.past_key_values
+        self.logits = out.logits[:, -1, :].float()
+
+    def select(self, keep: torch.Tensor) -> None:
+        if self.cache is not None:
+            self.cache.batch_select_indices(keep)
+        if self.logits is not None:
+            self.logits = self.logits[keep]
+
+
+def sample_next(
+    logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Pick one token per row: argmax when greedy, else temperature + nucleus (top-p) sampling."""
+    if sampling.greedy:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs > sampling.top_p
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def fused_generate(
+    ref: LogitStream,
+    aligned: LogitStream | None,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    lam: float | Sequence[float] | torch.Tensor,
+    sampling: SamplingConfig,
+    stop_token_ids: Sequence[int],
+) -> GenerationResult:
+    """Generate from ``λ·z_aligned + (1−λ)·z_ref`` for a left-padded batch of prompts.
+
+    ``aligned`` may be None only when every λ is 0 (plain decoding of ``ref``). ``lam`` is one float
+    or one value per row. Returns tokens per row in input order.
+    """
+    batch = input_ids.shape[0]
+    device = input_ids.device
+    lams = torch.as_tensor(lam, dtype=torch.float32, device=device)
+    lams = lams.expand(batch).clone() if lams.dim() == 0 else lams.clone()
+    if lams.shape != (batch,):
+        raise ValueError(f"got {lams.numel()} λ values for a batch of {batch}")
+    if aligned is None and bool((lams != 0).any()):
+        raise ValueError("λ ≠ 0 needs an aligned stream; only a reference was given")
+    stop = torch.as_tensor(list(stop_token_ids), device=device)
+    generator = None
+    if not sampling.greedy:
+        generator = torch.Generator(device=device).manual_seed(sampling.seed)
+
+    streams = {"ref": _StreamState(ref)}
+    if aligned is not None:
+        streams["aligned"] = _StreamState(aligned)
+
+    def needed() -> list[str]:
+        names = []
+        if bool((lams != 1).any()):
+            names.append("ref")
+        if "aligned" in streams and bool((lams != 0).any()):
+            names.append("aligned")
+        return names
+
+    live = needed()
+    mask = attention_mask.clone()
+    positions = _positions(mask)
+    for name in live:
+        streams[name].forward(input_ids, mask, positions)
+
+    rows = torch.arange(batch, device=device)
+    out_tokens: list[list[int]] = [[] for _ in range(batch)]
+    finish = ["length"] * batch
+    last_pos = positions[:, -1]
+    for step in range(sampling.max_new_tokens):
+        z_ref = streams["ref"].logits if "ref" in live else None
+        z_al = streams["aligned"].logits if "aligned" in live else None
+        if z_ref is None:
+            logits = z_al
+        elif z_al is None:
+            logits = z_ref
+        else:
+            logits = fuse_logits(z_al, z_ref, lams)
+        assert logits is not None
+        next_tokens = sample_next(logits, sampling, generator)
+        for i, tok in zip(rows.tolist(), next_tokens.tolist()):
+            out_tokens[i].append(tok)
+        done = torch.isin(next_tokens, stop)
+        for i in rows[done].tolist():
+            finish[i] = "stop"
+        if step == sampling.max_new_tokens - 1 or bool(done.all()):
+            break
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(-1)
+            rows, lams, mask, last_pos, next_tokens = rows[keep], lams[keep], mask[keep], last_pos[keep], next_tokens[keep]
+            for name in live:
+                streams[name].select(keep)
+            live = [name for name in live if name in needed()]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        last_pos = last_pos + 1
+        for name in live:
+            streams[name].forward(next_tokens.unsqueeze(-1), mask, last_pos.unsqueeze(-1))
+    return GenerationResult(token_ids=out_tokens, finish_reasons=finish)

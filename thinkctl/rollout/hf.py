@@ -1,0 +1,97 @@
+"""The default rollout backend: transformers models driven by :func:`thinkctl.decoding.fused_generate`.
+
+Runs anywhere torch runs. Prompts are sorted by length and batched, so padding stays small; results
+come back in input order. λ may differ per prompt: rows with different λ share a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from thinkctl.decoding import LogitStream, fused_generate
+from thinkctl.models import check_same_vocab, load_causal_lm, load_tokenizer
+from thinkctl.rollout.base import Completion, RolloutBackend, SamplingConfig, broadcast_lambdas
+
+
+class HFBackend(RolloutBackend):
+    """Fused (or plain) generation from a reference stream and an optional aligned stream."""
+
+    def __init__(
+        self,
+        reference: LogitStream,
+        aligned: LogitStream | None,
+        tokenizer: Any,
+        batch_size: int = 16,
+        device: str = "cpu",
+        stop_token_ids: Sequence[int] | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.reference = reference
+        self.aligned = aligned
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.device = device
+        self.progress = progress
+        if stop_token_ids is None:
+            eos = tokenizer.eos_token_id
+            stop_token_ids = eos if isinstance(eos, list) else [eos]
+        self.stop_token_ids = list(stop_token_ids)
+
+    @classmethod
+    def from_paths(
+        cls,
+        reference: str,
+        aligned: str | None = None,
+        dtype: str = "float32",
+        device: str = "cpu",
+        batch_size: int = 16,
+    ) -> HFBackend:
+        """Load the models by hub name or path; the aligned model is optional (plain decoding)."""
+        tokenizer = load_tokenizer(reference)
+        ref_model = load_causal_lm(reference, dtype, device)
+        al_model = None
+        if aligned is not None:
+            check_same_vocab(tokenizer, load_tokenizer(aligned))
+            al_model = load_causal_lm(aligned, dtype, device)
+            check_same_vocab(tokenizer, tokenizer, ref_model, al_model)
+        return cls(ref_model, al_model, tokenizer, batch_size=batch_size, device=device)
+
+    def generate(
+        self, prompts: Sequence[str], lam: float | Sequence[float], sampling: SamplingConfig
+    ) -> list[Completion]:
+        lams = broadcast_lambdas(lam, len(prompts))
+        encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+        results: dict[int, Completion] = {}
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        for b, idx in enumerate(tqdm(batches, desc="generate", unit="batch", disable=not self.progress or len(batches) < 2)):
+            input_ids, mask = self._left_pad([encoded[i] for i in idx])
+            batch_sampling = sampling
+            if not sampling.greedy:
+                batch_sampling = SamplingConfig(sampling.max_new_tokens, sampling.temperature, sampling.top_p, sampling.seed + b)
+            out = fused_generate(
+                self.reference, self.aligned, input_ids, mask, [lams[i] for i in idx], batch_sampling, self.stop_token_ids
+            )
+            for row, i in enumerate(idx):
+                ids = out.token_ids[row]
+                results[i] = Completion(
+                    text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                    token_ids=ids,
+                    finish_reason=out.finish_reasons[row],
+                    lam=lams[i],
+                )
+        return [results[i] for i in range(len(prompts))]
+
+    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r) :] = 1
+        return ids.to(self.device), mask.to(self.device)
