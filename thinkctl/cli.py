@@ -17,12 +17,29 @@ from thinkctl.fusion import parse_lambda, parse_lambda_grid
 log = logging.getLogger("thinkctl")
 
 
+def arg_type(parse):
+    """Wrap a parser so argparse shows its ThinkctlError message (argparse hides other exceptions)."""
+
+    def wrapped(text: str):
+        try:
+            return parse(text)
+        except ThinkctlError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    wrapped.__name__ = parse.__name__
+    return wrapped
+
+
+LAMBDA = arg_type(parse_lambda)
+LAMBDA_GRID = arg_type(parse_lambda_grid)
+
+
 def _add_sweep_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", help="YAML recipe whose `sweep:` section sets the defaults")
     p.add_argument("--benchmark", help="tiny | math500 | gsm8k | aime | path to a .jsonl/.json/.parquet file")
     p.add_argument("--split", help="dataset split (hub benchmarks; tiny: train|test)")
     p.add_argument("--limit", type=int, help="number of problems (a fixed prefix)")
-    p.add_argument("--lambdas", type=parse_lambda_grid, help="comma-separated λ grid, e.g. 0,0.5,1,1.5")
+    p.add_argument("--lambdas", type=LAMBDA_GRID, help="comma-separated λ grid, e.g. 0,0.5,1,1.5")
     p.add_argument("--max-new-tokens", type=int, dest="max_new_tokens")
     p.add_argument("--temperature", type=float, help="0 = greedy")
     p.add_argument("--top-p", type=float, dest="top_p")
@@ -115,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="answer questions at a fusion weight λ")
     p.add_argument("--ref", required=True)
     p.add_argument("--aligned")
-    p.add_argument("--lambda", dest="lam", type=parse_lambda, default=0.0, help="fusion weight λ (default 0)")
+    p.add_argument("--lambda", dest="lam", type=LAMBDA, default=0.0, help="fusion weight λ (default 0)")
     p.add_argument("--max-new-tokens", type=int, default=256, dest="max_new_tokens")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0, dest="top_p")

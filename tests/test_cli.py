@@ -1,0 +1,57 @@
+"""The command line end to end on small saved models: sweeps, generation, and user-error exits."""
+
+import json
+
+import pytest
+
+from tests.conftest import WORDS, make_random_lm, make_word_tokenizer
+from thinkctl.cli import main
+from thinkctl.io import read_jsonl
+
+
+@pytest.fixture
+def saved_pair(tmp_path):
+    tok = make_word_tokenizer()
+    paths = []
+    for name, seed in (("ref", 0), ("al", 1)):
+        make_random_lm(seed=seed).save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+        paths.append(str(tmp_path / name))
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps({"id": f"q{i}", "question": f"{i} + 1 =", "answer": str(i + 1)}) + "\n" for i in range(5)))
+    return paths[0], paths[1], str(bench)
+
+
+def test_sweep_command_writes_records_summary_and_plot(saved_pair, tmp_path, capsys) -> None:
+    ref, al, bench = saved_pair
+    out = tmp_path / "run"
+    argv = ["sweep", "--ref", ref, "--aligned", al, "--benchmark", bench, "--lambdas", "0,1,1.5",
+            "--max-new-tokens", "8", "--out", str(out)]
+    assert main(argv) == 0
+    records = read_jsonl(out / "results.jsonl")
+    assert sorted({r["lam"] for r in records}) == [0.0, 1.0, 1.5] and len(records) == 15
+    assert all(r["benchmark"] == "bench" and 0 < r["total_tokens"] <= 8 for r in records)
+    printed = capsys.readouterr().out
+    assert "| bench | fused | 1.5 | 5 |" in printed and "sweep.png" in printed
+    assert main(argv) == 0
+    assert len(read_jsonl(out / "results.jsonl")) == 15
+
+
+def test_generate_and_user_errors_exit_2(saved_pair, tmp_path, capsys) -> None:
+    ref, al, _ = saved_pair
+    assert main(["generate", "--ref", ref, "--aligned", al, "--lambda", "0.5", "--max-new-tokens", "4", "1 + 1 ="]) == 0
+    assert "## 1 + 1 =" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["generate", "--ref", ref, "--lambda", "nan", "x"])
+    assert "λ must be finite" in capsys.readouterr().err
+    other = tmp_path / "other"
+    make_random_lm(len(WORDS) + 1).save_pretrained(other)
+    make_word_tokenizer(WORDS + ["zebra"]).save_pretrained(other)
+    assert main(["generate", "--ref", ref, "--aligned", str(other), "x"]) == 2
+    assert "tokenizers differ" in capsys.readouterr().err
+    assert main(["sweep", "--ref", ref, "--benchmark", "nope.jsonl", "--out", str(tmp_path / "r")]) == 2
+    assert "needs an aligned model" in capsys.readouterr().err
+    assert main(["sweep", "--ref", ref, "--lambdas", "0", "--benchmark", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "r")]) == 2
+    assert "unknown benchmark" in capsys.readouterr().err
+    assert main(["generate", "--ref", str(tmp_path / "missing"), "x"]) == 2
+    assert "does not exist" in capsys.readouterr().err
