@@ -1,0 +1,374 @@
+"""TrRa: the chunked fused-KD loss against its float64 reference, the trainer (grads, resume), data,
+calibration against a fake backend whose length is a known function of λ, and (slow) realign end to end."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from tests.conftest import make_random_lm
+from thinkctl.data import Problem
+from thinkctl.errors import ConfigError
+from thinkctl.fusion import fused_log_probs
+from thinkctl.rollout.base import Completion, RolloutBackend, SamplingConfig
+from thinkctl.trra.calibrate import CalibrationError, LengthPoint, backend_measure, calibrate_lambda
+from thinkctl.trra.data import DistillCollator, DistillExample, encode_example
+from thinkctl.trra.loss import DIVERGENCES, chunked_fused_kd_loss, naive_fused_kd_loss, token_divergence
+from thinkctl.trra.trainer import TrRaConfig, build_student, make_trainer
+
+LAMBDAS = [0.0, 0.3, 1.0, 1.5, -0.5]
+KINDS = [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.5), ("jsd", 0.1)]
+
+
+def _hidden_setup(seed: int = 0, b: int = 2, t: int = 7, h: int = 16, v: int = 37):
+    g = torch.Generator().manual_seed(seed)
+    hs = [torch.randn(b, t, h, generator=g, dtype=torch.float64) for _ in range(3)]
+    ws = [torch.randn(v, h, generator=g, dtype=torch.float64) * 0.5 for _ in range(3)]
+    mask = torch.rand(b, t, generator=g) > 0.35
+    mask[0, 0] = True
+    return hs, ws, mask
+
+
+@pytest.mark.parametrize("lam", LAMBDAS)
+@pytest.mark.parametrize("kind,beta", KINDS)
+def test_chunked_equals_naive_loss_and_grads_float64(lam: float, kind: str, beta: float) -> None:
+    (h_s, h_r, h_a), (w_s, w_r, w_a), mask = _hidden_setup()
+    h1, w1 = h_s.clone().requires_grad_(), w_s.clone().requires_grad_()
+    naive = naive_fused_kd_loss(h1 @ w1.T, h_r @ w_r.T, h_a @ w_a.T, mask, lam, kind, beta)
+    naive.backward()
+    h2, w2 = h_s.clone().requires_grad_(), w_s.clone().requires_grad_()
+    chunked = chunked_fused_kd_loss(h2, h_r, h_a, w2, w_r, w_a, mask, lam, kind, beta, chunk_size=3)
+    chunked.backward()
+    assert chunked.item() == pytest.approx(naive.item(), abs=1e-6, rel=1e-6)
+    torch.testing.assert_close(h2.grad, h1.grad, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(w2.grad, w1.grad, atol=1e-6, rtol=1e-6)
+    assert h2.grad[~mask].abs().max() == 0
+
+
+def test_chunked_per_row_lambda_matches_naive() -> None:
+    (h_s, h_r, h_a), (w_s, w_r, w_a), mask = _hidden_setup(seed=3)
+    lam = torch.tensor([0.2, 1.3], dtype=torch.float64)
+    naive = naive_fused_kd_loss(h_s @ w_s.T, h_r @ w_r.T, h_a @ w_a.T, mask, lam)
+    chunked = chunked_fused_kd_loss(h_s, h_r, h_a, w_s, w_r, w_a, mask, lam, chunk_size=4)
+    assert chunked.item() == pytest.approx(naive.item(), abs=1e-9)
+
+
+def test_chunk_size_does_not_change_the_result() -> None:
+    (h_s, h_r, h_a), (w_s, w_r, w_a), mask = _hidden_setup(seed=1)
+    values = [chunked_fused_kd_loss(h_s, h_r, h_a, w_s, w_r, w_a, mask, 0.7, chunk_size=c).item() for c in (1, 2, 5, 1000)]
+    assert max(values) - min(values) < 1e-12
+
+
+@pytest.mark.parametrize("kind,beta", KINDS)
+def test_lambda_zero_target_is_the_reference(kind: str, beta: float) -> None:
+    """At λ=0 the fused target is the reference distribution: a student equal to the reference has loss 0."""
+    g = torch.Generator().manual_seed(0)
+    z_ref, z_al = torch.randn(2, 5, 11, generator=g, dtype=torch.float64), torch.randn(2, 5, 11, generator=g, dtype=torch.float64)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    torch.testing.assert_close(fused_log_probs(z_al, z_ref, 0.0), torch.log_softmax(z_ref, -1))
+    assert naive_fused_kd_loss(z_ref.clone(), z_ref, z_al, mask, 0.0, kind, beta).item() == pytest.approx(0.0, abs=1e-12)
+    assert naive_fused_kd_loss(z_al.clone(), z_ref, z_al, mask, 1.0, kind, beta).item() == pytest.approx(0.0, abs=1e-12)
+    assert naive_fused_kd_loss(z_al.clone(), z_ref, z_al, mask, 0.0, kind, beta).item() > 1e-3
+
+
+def test_mask_excludes_prompt_tokens() -> None:
+    """Changing the logits at masked-out (prompt) positions changes neither loss nor gradients."""
+    (h_s, h_r, h_a), (w_s, w_r, w_a), mask = _hidden_setup(seed=2)
+    base = chunked_fused_kd_loss(h_s, h_r, h_a, w_s, w_r, w_a, mask, 0.5).item()
+    noisy = [h.clone() for h in (h_s, h_r, h_a)]
+    for h in noisy:
+        h[~mask] += 100.0
+    assert chunked_fused_kd_loss(*noisy, w_s, w_r, w_a, mask, 0.5).item() == pytest.approx(base, abs=1e-12)
+    z_s, z_r, z_a = h_s @ w_s.T, h_r @ w_r.T, h_a @ w_a.T
+    only_first = torch.zeros_like(mask)
+    only_first[0, 0] = True
+    expected = token_divergence(torch.log_softmax(z_s[0, 0], -1), fused_log_probs(z_a[0, 0], z_r[0, 0], 0.5)).item()
+    assert naive_fused_kd_loss(z_s, z_r, z_a, only_first, 0.5).item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_jsd_endpoints_are_the_kls() -> None:
+    g = torch.Generator().manual_seed(4)
+    s, t = torch.log_softmax(torch.randn(3, 9, generator=g, dtype=torch.float64), -1), torch.log_softmax(torch.randn(3, 9, generator=g, dtype=torch.float64), -1)
+    torch.testing.assert_close(token_divergence(s, t, "jsd", 0.0), token_divergence(s, t, "forward_kl"))
+    torch.testing.assert_close(token_divergence(s, t, "jsd", 1.0), token_divergence(s, t, "reverse_kl"))
+    assert set(DIVERGENCES) == {"forward_kl", "reverse_kl", "jsd"}
+
+
+def test_bad_divergence_is_a_config_error() -> None:
+    z = torch.zeros(1, 2, 3)
+    with pytest.raises(ConfigError, match="unknown divergence"):
+        naive_fused_kd_loss(z, z, z, torch.ones(1, 2), 0.5, "kl")
+    with pytest.raises(ConfigError, match="jsd_beta"):
+        naive_fused_kd_loss(z, z, z, torch.ones(1, 2), 0.5, "jsd", 1.5)
+
+
+# --- trainer -------------------------------------------------------------------------------------------------
+
+
+def _examples(tokenizer, n: int = 12) -> list[DistillExample]:
+    out = []
+    for i in range(n):
+        a, b = i % 7, (3 * i) % 11
+        prompt = f"{a} + {b} ="
+        response = f"<think> {a} + {b} = {a + b} </think> the answer is \\boxed{{ {a + b} }} ."
+        ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        out.append(DistillExample(prompt=prompt, response=response, token_ids=ids, problem_id=str(i), lam=0.5))
+    return out
+
+
+def _cfg(tmp_path, **kw) -> TrRaConfig:
+    base = dict(output_dir=str(tmp_path / "student"), learning_rate=1e-3, max_steps=4, per_device_train_batch_size=2,
+                save_steps=2, logging_steps=1, lambda_=0.5, chunk_size=8, max_length=64, device="cpu", seed=0)
+    base.update(kw)
+    return TrRaConfig(**base)
+
+
+def test_encode_masks_the_prompt(word_tokenizer) -> None:
+    ex = _examples(word_tokenizer, 1)[0]
+    row = encode_example(word_tokenizer, ex, max_length=64)
+    n_prompt = len(word_tokenizer(ex.prompt, add_special_tokens=False)["input_ids"])
+    assert row["labels"][:n_prompt] == [-100] * n_prompt
+    assert row["labels"][n_prompt:] == ex.token_ids == row["input_ids"][n_prompt:]
+    batch = DistillCollator(word_tokenizer.pad_token_id)([row, encode_example(word_tokenizer, ex, max_length=5)])
+    assert batch["attention_mask"][1].tolist() == [1] * 5 + [0] * (batch["input_ids"].shape[1] - 5)
+    assert (batch["labels"][1, 5:] == -100).all()
+
+
+@pytest.mark.parametrize("use_lora", [False, True])
+def test_gradients_reach_only_trainable_params(tmp_path, word_tokenizer, use_lora: bool) -> None:
+    cfg = _cfg(tmp_path, use_lora=use_lora, lora_r=4, lora_alpha=8, lora_target_modules=["q_proj", "v_proj"])
+    reference, aligned = make_random_lm(seed=0), make_random_lm(seed=1)
+    student = build_student(make_random_lm(seed=0), cfg)
+    trainer = make_trainer(cfg, student, None if use_lora else reference, aligned, word_tokenizer, _examples(word_tokenizer, 4))
+    batch = DistillCollator(word_tokenizer.pad_token_id)([encode_example(word_tokenizer, e, 64) for e in _examples(word_tokenizer, 4)])
+    loss = trainer.compute_loss(trainer.model, batch)
+    loss.backward()
+    assert loss.item() > 0
+    for teacher in (aligned,) if use_lora else (reference, aligned):
+        assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    with_grad = {n for n, p in student.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    if use_lora:
+        assert with_grad and all("lora_" in n for n in with_grad)
+        assert {n for n, p in student.named_parameters() if p.requires_grad} == {n for n, p in student.named_parameters() if "lora_" in n}
+    else:
+        assert with_grad == {n for n, _ in student.named_parameters()}
+
+
+def test_lora_reference_teacher_is_the_student_with_adapters_off(tmp_path, word_tokenizer) -> None:
+    """Sharing the reference with a LoRA student gives the same loss as a separate reference copy."""
+    cfg = _cfg(tmp_path, use_lora=True, lora_r=4, lora_alpha=8)
+    aligned = make_random_lm(seed=1)
+    student = build_student(make_random_lm(seed=0), cfg)
+    for n, p in student.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.05)
+    batch = DistillCollator(word_tokenizer.pad_token_id)([encode_example(word_tokenizer, e, 64) for e in _examples(word_tokenizer, 3)])
+    shared = make_trainer(cfg, student, None, aligned, word_tokenizer, _examples(word_tokenizer, 3)).compute_loss(student, batch)
+    separate = make_trainer(cfg, student, make_random_lm(seed=0), aligned, word_tokenizer, _examples(word_tokenizer, 3)).compute_loss(student, batch)
+    assert shared.item() == pytest.approx(separate.item(), rel=1e-5)
+
+
+class _Crash(TrainerCallback):
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at_step:
+            raise KeyboardInterrupt(f"simulated kill at step {state.global_step}")
+
+
+def _run(cfg: TrRaConfig, tokenizer, callbacks=None):
+    from transformers.trainer_utils import get_last_checkpoint
+
+    trainer = make_trainer(cfg, build_student(make_random_lm(seed=0), cfg), make_random_lm(seed=0), make_random_lm(seed=1),
+                           tokenizer, _examples(tokenizer), callbacks)
+    last = get_last_checkpoint(cfg.output_dir) if Path(cfg.output_dir).is_dir() else None
+    trainer.train(resume_from_checkpoint=last)
+    return trainer
+
+
+def test_interrupted_run_resumes_to_the_same_steps_and_weights(tmp_path, word_tokenizer) -> None:
+    full = _run(_cfg(tmp_path / "a"), word_tokenizer)
+    cfg = _cfg(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        _run(cfg, word_tokenizer, [_Crash(at_step=3)])
+    resumed = _run(cfg, word_tokenizer)
+    assert full.state.global_step == resumed.state.global_step == 4
+    logged = [h["step"] for h in resumed.state.log_history if "loss" in h]
+    assert logged == [1, 2, 3, 4], logged  # steps 1-2 restored from checkpoint-2, 3-4 trained again: none lost or repeated
+    for (n, p), (_, q) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=n)
+
+
+# --- calibration -----------------------------------------------------------------------------------------------
+
+
+class LengthBackend(RolloutBackend):
+    """Fake fused decoding: thinking length is ``length(λ)`` tokens, the answer is always right."""
+
+    def __init__(self, tokenizer, length) -> None:
+        self.tokenizer = tokenizer
+        self.length = length
+        self.calls: list[float] = []
+
+    def generate(self, prompts: Sequence[str], lam, sampling: SamplingConfig) -> list[Completion]:
+        lams = [lam] * len(prompts) if isinstance(lam, (int, float)) else list(lam)
+        out = []
+        for prompt, l in zip(prompts, lams):
+            self.calls.append(l)
+            n = max(int(round(self.length(l))), 0)
+            text = "<think> " + " ".join(["1"] * n) + " </think> the answer is \\boxed{ 3 } ."
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+            out.append(Completion(text, ids, "stop", l))
+        return out
+
+
+def _problems(n: int = 4) -> list[Problem]:
+    return [Problem(f"p{i}", f"{i} + 1 =", "3") for i in range(n)]
+
+
+def test_calibration_finds_lambda_of_known_length_function(tmp_path, word_tokenizer) -> None:
+    backend = LengthBackend(word_tokenizer, lambda lam: 40.0 * (1 - lam / 2.5) if lam < 1.6 else 5.0 + 20 * (lam - 1.6))
+    measure = backend_measure(backend, _problems(), SamplingConfig(max_new_tokens=64), tmp_path, "fake")
+    res = calibrate_lambda(measure, target_tokens=18.0, grid=[0.0, 0.5, 1.0, 1.5, 2.0])
+    # 40 (1 − λ/2.5) = 18  ⇔  λ = 1.375; lengths are whole tokens, so within one token
+    assert res.reachable and abs(res.mean_thinking_tokens - 18.0) <= 1.0
+    assert res.lam == pytest.approx(1.375, abs=0.07)
+    assert res.accuracy == 1.0
+    n_calls = len(backend.calls)
+    again = calibrate_lambda(backend_measure(backend, _problems(), SamplingConfig(max_new_tokens=64), tmp_path, "fake"), 18.0, [0.0, 0.5, 1.0, 1.5, 2.0])
+    assert again.lam == res.lam and len(backend.calls) == n_calls  # every λ measured before is reused from disk
+
+
+@pytest.mark.parametrize("target,side", [(80.0, "longer than the longest"), (2.0, "shorter than the shortest")])
+def test_unreachable_target_reports_closest(target: float, side: str) -> None:
+    def measure(lam: float) -> LengthPoint:
+        return LengthPoint(lam, 40.0 - 20.0 * lam, 0.5, 10)
+
+    with pytest.raises(CalibrationError, match=side) as err:
+        calibrate_lambda(measure, target, grid=[0.0, 0.5, 1.0, 1.5])
+    closest = err.value.result
+    assert not closest.reachable
+    assert closest.lam == (0.0 if target > 40 else 1.5)
+    assert closest.mean_thinking_tokens == (40.0 if target > 40 else 10.0)
+    assert [p.lam for p in closest.points] == [0.0, 0.5, 1.0, 1.5]
+
+
+# --- realign end to end ------------------------------------------------------------------------------------------
+
+
+def _save_random_pair(root: Path, tokenizer) -> tuple[str, str]:
+    paths = []
+    for name, seed in (("reference", 0), ("aligned", 1)):
+        make_random_lm(seed=seed).save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+        paths.append(str(root / name))
+    return paths[0], paths[1]
+
+
+def test_realign_runs_every_stage_and_resumes(tmp_path, word_tokenizer) -> None:
+    """Plumbing on random models: calibration → data → distil → eval → report, and a rerun redoes nothing."""
+    from thinkctl.trra.realign import load_realign_configs, run_realign
+
+    ref, aligned = _save_random_pair(tmp_path / "pair", word_tokenizer)
+    realign = dict(reference=ref, aligned=aligned, lambda_=0.5, train_limit=4, eval_limit=3, max_new_tokens=6,
+                   only_correct=False, batch_size=8)
+    trra = dict(max_steps=2, per_device_train_batch_size=2, save_steps=1, logging_steps=1, learning_rate=1e-3, chunk_size=16, device="cpu")
+    rcfg, tcfg = load_realign_configs(None, realign, trra)
+    out = tmp_path / "run"
+    report = run_realign(rcfg, tcfg, out)
+    assert [r["model"] for r in report["rows"]] == ["reference (λ=0)", "fused teacher (λ=0.5)", "TrRa student"]
+    assert all(r["n"] == 3 for r in report["rows"]) and report["rows"][0]["reduction_pct_vs_reference"] == 0.0
+    assert json.loads((out / "report.json").read_text())["lambda"] == 0.5
+    assert "| TrRa student |" in (out / "report.md").read_text()
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "distill_data.jsonl", out / "eval" / "results.jsonl", out / "student" / "final" / "model.safetensors")}
+    assert run_realign(rcfg, tcfg, out)["rows"] == report["rows"]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_realign_config_needs_exactly_one_goal() -> None:
+    from thinkctl.trra.realign import RealignConfig, load_realign_configs
+
+    with pytest.raises(ConfigError, match="exactly one"):
+        RealignConfig(reference="a", aligned="b")
+    with pytest.raises(ConfigError, match="exactly one"):
+        RealignConfig(reference="a", aligned="b", lambda_=0.5, target_tokens=10)
+    rcfg, _ = load_realign_configs("recipes/tiny-trra.yaml", {"lambda_": 0.7})
+    assert rcfg.lambda_ == 0.7 and rcfg.target_tokens is None
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_realign_configs(None, {"lambda_": 0.5}, {"lamda": 1})
+
+
+@pytest.mark.slow
+def test_realign_on_tiny_default_meets_the_target(tmp_path) -> None:
+    """Done-means of TrRa on the tiny default pair: target N = 45% of the reference's mean thinking tokens
+    (measured on the calibration split; realign reuses that measurement), student within 15% of N on
+    held-out problems, ≥ 50% shorter than the reference there, accuracy at most 1 point lower (greedy)."""
+    from thinkctl.data import benchmark_name, load_benchmark
+    from thinkctl.rollout.hf import HFBackend
+    from thinkctl.tiny import build_tiny_pair, default_tiny_dir
+    from thinkctl.trra.realign import load_realign_configs, run_realign
+
+    pair = build_tiny_pair(default_tiny_dir())
+    rcfg, tcfg = load_realign_configs("recipes/tiny-trra.yaml", {"reference": str(pair.reference), "aligned": str(pair.aligned), "lambda_": 0.0})
+    out = tmp_path / "run"
+    backend = HFBackend.from_paths(str(pair.reference), str(pair.aligned), batch_size=rcfg.batch_size)
+    problems = load_benchmark(rcfg.calib_benchmark, rcfg.calib_split, rcfg.calib_limit, rcfg.calib_seed)
+    reference = backend_measure(backend, problems, rcfg.eval_sampling, out / "calibration", benchmark_name(rcfg.calib_benchmark))(0.0)
+    target = round(0.45 * reference.mean_thinking_tokens, 1)
+    rcfg, tcfg = load_realign_configs("recipes/tiny-trra.yaml", {"reference": str(pair.reference), "aligned": str(pair.aligned), "target_tokens": target})
+    report = run_realign(rcfg, tcfg, out)
+    ref, _, student = report["rows"]
+    assert abs(student["mean_thinking_tokens"] - target) <= 0.15 * target, report
+    assert student["reduction_pct_vs_reference"] >= 50.0, report
+    assert student["accuracy"] >= ref["accuracy"] - 0.01, report
+
+
+# --- distillation data ---------------------------------------------------------------------------------------------
+
+
+def test_distillation_data_is_cached_filtered_and_lambda_checked(tmp_path, word_tokenizer) -> None:
+    from thinkctl.trra.data import generate_distillation_data
+
+    backend = LengthBackend(word_tokenizer, lambda lam: 5)
+    problems = _problems(3) + [Problem("wrong", "9 + 9 =", "18")]
+    path = tmp_path / "distill.jsonl"
+    sampling = SamplingConfig(max_new_tokens=32)
+    first = generate_distillation_data(backend, problems[:2], 0.5, sampling, path, chunk_size=1)
+    assert [e.problem_id for e in first] == ["p0", "p1"] and len(backend.calls) == 2
+    kept = generate_distillation_data(backend, problems, 0.5, sampling, path, only_correct=True)
+    assert len(backend.calls) == 4  # only the two new problems were generated
+    assert sorted(e.problem_id for e in kept) == ["p0", "p1", "p2"]  # "wrong" (gold 18, answer 3) is filtered out
+    assert all(e.token_ids and e.token_ids[-1] == word_tokenizer.eos_token_id and e.thinking_tokens == 5 for e in kept)
+    with pytest.raises(ConfigError, match="λ=\\[0.5\\], not λ=1.0"):
+        generate_distillation_data(backend, problems, 1.0, sampling, path)
+
+
+def test_user_jsonl_accepts_prompt_or_question(tmp_path, word_tokenizer) -> None:
+    from thinkctl.errors import DataFormatError
+    from thinkctl.trra.data import load_distillation_jsonl
+
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps({"prompt": "1 + 2 =", "response": "3"}) + "\n" + json.dumps({"question": "2 + 2", "response": "4"}) + "\n")
+    a, b = load_distillation_jsonl(path, word_tokenizer)
+    assert a.prompt == "1 + 2 =" and b.prompt.startswith("Question: 2 + 2") and a.token_ids is None
+    row = encode_example(word_tokenizer, a, 64)
+    assert row["input_ids"][-1] == word_tokenizer.eos_token_id and row["labels"][-2:] == [word_tokenizer.convert_tokens_to_ids("3"), word_tokenizer.eos_token_id]
+    path.write_text(json.dumps({"text": "x"}) + "\n")
+    with pytest.raises(DataFormatError, match="data.jsonl:1"):
+        load_distillation_jsonl(path, word_tokenizer)
+
+
+def test_cli_realign_parses_and_rejects_two_goals(capsys) -> None:
+    from thinkctl.cli import build_parser
+
+    args = build_parser().parse_args(["realign", "--target-tokens", "40", "--out", "runs/x", "--recipe", "recipes/tiny-trra.yaml", "--max-steps", "5"])
+    assert args.target_tokens == 40.0 and args.lam is None and args.max_steps == 5 and args.use_lora is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["realign", "--lambda", "0.5", "--target-tokens", "40", "--out", "runs/x"])
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -1,0 +1,157 @@
+"""Calibrating λ to a thinking-length budget: which fusion weight thinks ``N`` tokens on average?
+
+Mean thinking length falls as λ rises on the range that matters (the reference thinks longest at
+λ = 0), but not necessarily everywhere: far past λ = 1 extrapolation can degenerate. So the search
+measures a small λ grid first, takes the first adjacent pair of grid points whose lengths straddle the
+target (the monotone part), and refines inside it by interpolation, falling back to bisection when
+interpolation would land too near an end. Each measurement is a greedy sweep at one λ on the
+calibration split, recorded through :func:`thinkctl.sweep.run_sweep`, so a rerun reuses every λ
+already measured.
+
+A target outside what the searched λ range achieves is reported, not silently clamped:
+:class:`CalibrationError` says which side it falls off and carries the closest λ found.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from thinkctl.data import Problem
+from thinkctl.errors import ConfigError, ThinkctlError
+from thinkctl.fusion import validate_lambda, validate_lambda_grid
+from thinkctl.rollout.base import RolloutBackend, SamplingConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GRID = (0.0, 0.5, 1.0, 1.5)
+
+
+@dataclass(frozen=True)
+class LengthPoint:
+    """One measured λ: mean thinking tokens and accuracy over ``n`` calibration problems."""
+
+    lam: float
+    mean_thinking_tokens: float
+    accuracy: float
+    n: int
+
+
+@dataclass
+class CalibrationResult:
+    """The chosen λ, every point measured (sorted by λ) and whether the target was bracketed."""
+
+    target_tokens: float
+    lam: float
+    mean_thinking_tokens: float
+    accuracy: float
+    reachable: bool
+    points: list[LengthPoint] = field(default_factory=list)
+
+    @property
+    def relative_error(self) -> float:
+        return abs(self.mean_thinking_tokens - self.target_tokens) / self.target_tokens
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "relative_error": self.relative_error}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CalibrationResult:
+        data = {k: v for k, v in data.items() if k != "relative_error"}
+        data["points"] = [LengthPoint(**p) for p in data.get("points", [])]
+        return cls(**data)
+
+
+class CalibrationError(ThinkctlError):
+    """The target length is outside what the searched λ range achieves; ``result`` holds the closest λ."""
+
+    def __init__(self, message: str, result: CalibrationResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def _closest(points: Sequence[LengthPoint], target: float) -> LengthPoint:
+    return min(points, key=lambda p: (abs(p.mean_thinking_tokens - target), abs(p.lam)))
+
+
+def calibrate_lambda(
+    measure: Callable[[float], LengthPoint],
+    target_tokens: float,
+    grid: Sequence[float] = DEFAULT_GRID,
+    max_refinements: int = 6,
+    rel_tol: float = 0.03,
+) -> CalibrationResult:
+    """The λ whose measured mean thinking length is closest to ``target_tokens`` (see module docstring).
+
+    ``measure(λ)`` runs the decoding at λ and returns its :class:`LengthPoint`. Refinement stops when a
+    point is within ``rel_tol`` of the target or after ``max_refinements`` extra measurements.
+    Raises :class:`CalibrationError` when no two grid neighbours straddle the target.
+    """
+    if target_tokens <= 0:
+        raise ConfigError(f"target thinking tokens must be positive, got {target_tokens}")
+    grid = sorted(validate_lambda_grid(grid))
+    measured: dict[float, LengthPoint] = {}
+
+    def at(lam: float) -> LengthPoint:
+        lam = round(validate_lambda(lam), 3)
+        if lam not in measured:
+            measured[lam] = measure(lam)
+            log.info("calibration λ=%g: %.1f thinking tokens, accuracy %.3f", lam, measured[lam].mean_thinking_tokens, measured[lam].accuracy)
+        return measured[lam]
+
+    def result(reachable: bool) -> CalibrationResult:
+        best = _closest(list(measured.values()), target_tokens)
+        points = [measured[k] for k in sorted(measured)]
+        return CalibrationResult(target_tokens, best.lam, best.mean_thinking_tokens, best.accuracy, reachable, points)
+
+    points = [at(lam) for lam in grid]
+    bracket = next(
+        ((a, b) for a, b in zip(points, points[1:])
+         if (a.mean_thinking_tokens - target_tokens) * (b.mean_thinking_tokens - target_tokens) <= 0),
+        None,
+    )
+    if bracket is None:
+        res = result(reachable=False)
+        lengths = [p.mean_thinking_tokens for p in points]
+        side = "longer than the longest" if target_tokens > max(lengths) else "shorter than the shortest"
+        raise CalibrationError(
+            f"target of {target_tokens:g} thinking tokens is {side} mean length measured for λ in "
+            f"[{grid[0]:g}, {grid[-1]:g}] ({min(lengths):.1f}–{max(lengths):.1f} tokens); closest: "
+            f"λ={res.lam:g} at {res.mean_thinking_tokens:.1f} tokens. Widen the λ grid or choose a reachable target.",
+            res,
+        )
+    lo, hi = bracket
+    for _ in range(max_refinements):
+        if min(abs(p.mean_thinking_tokens - target_tokens) for p in (lo, hi)) <= rel_tol * target_tokens:
+            break
+        span = hi.mean_thinking_tokens - lo.mean_thinking_tokens
+        frac = (target_tokens - lo.mean_thinking_tokens) / span if span else 0.5
+        if not 0.1 <= frac <= 0.9:
+            frac = 0.5
+        mid = at(lo.lam + frac * (hi.lam - lo.lam))
+        if mid.lam in (lo.lam, hi.lam):
+            break
+        if (lo.mean_thinking_tokens - target_tokens) * (mid.mean_thinking_tokens - target_tokens) <= 0:
+            hi = mid
+        else:
+            lo = mid
+    return result(reachable=True)
+
+
+def backend_measure(
+    backend: RolloutBackend, problems: Sequence[Problem], sampling: SamplingConfig, out_dir: str | Path, benchmark: str
+) -> Callable[[float], LengthPoint]:
+    """``measure(λ)`` for :func:`calibrate_lambda`: a resumable sweep at λ into ``out_dir/results.jsonl``."""
+    from thinkctl.report import load_records
+    from thinkctl.sweep import run_sweep
+
+    def measure(lam: float) -> LengthPoint:
+        path = run_sweep(backend, problems, [lam], sampling, out_dir, benchmark=benchmark, method="calibration", summarize=False)
+        df = load_records([path])
+        ids = {p.id for p in problems}
+        rows = df[(df["lam"] == lam) & (df["method"] == "calibration") & df["problem_id"].astype(str).isin(ids)]
+        return LengthPoint(lam, float(rows["thinking_tokens"].mean()), float(rows["correct"].mean()), int(len(rows)))
+
+    return measure

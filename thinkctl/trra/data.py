@@ -1,0 +1,161 @@
+"""Distillation data for TrRa: responses of the fused teacher at λ (on-policy) or a user JSONL.
+
+Generated responses are appended to a JSONL cache one chunk of prompts at a time, so an interrupted
+generation resumes where it stopped and a resumed ``realign`` run never regenerates them. The cache
+keeps every response with its grade; ``only_correct`` filters when reading, so changing the filter
+does not need a new generation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from thinkctl.data import Problem, render_prompt
+from thinkctl.errors import ConfigError, DataFormatError
+from thinkctl.grading import grade
+from thinkctl.io import append_jsonl, drop_partial_tail, iter_jsonl
+from thinkctl.rollout.base import RolloutBackend, SamplingConfig
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class DistillExample:
+    """One prompt (already rendered with the chat template) and the response to distil on.
+
+    ``token_ids`` are the response tokens exactly as the teacher generated them (stop token included);
+    they are None for user-supplied text, which is tokenized and closed with EOS instead.
+    """
+
+    prompt: str
+    response: str
+    token_ids: list[int] | None = None
+    problem_id: str = ""
+    lam: float | None = None
+    correct: bool | None = None
+    thinking_tokens: int | None = None
+    finish_reason: str = "stop"
+
+
+def _read_cache(path: Path, lam: float) -> list[DistillExample]:
+    if not path.exists():
+        return []
+    if drop_partial_tail(path):
+        log.warning("dropped a partial last line from %s (an interrupted write)", path)
+    examples = [DistillExample(**rec) for rec in iter_jsonl(path)]
+    other = {ex.lam for ex in examples} - {lam}
+    if other:
+        raise ConfigError(
+            f"{path} holds responses generated at λ={sorted(other)}, not λ={lam}: "
+            "use another output directory, or delete the file to regenerate"
+        )
+    return examples
+
+
+def generate_distillation_data(
+    backend: RolloutBackend,
+    problems: Sequence[Problem],
+    lam: float,
+    sampling: SamplingConfig,
+    path: str | Path,
+    *,
+    only_correct: bool = False,
+    chunk_size: int = 64,
+) -> list[DistillExample]:
+    """Responses of the fused teacher at ``lam`` to every problem, cached (and resumed) at ``path``.
+
+    With ``only_correct`` only responses that the verifier grades correct and that stopped on their
+    own (not cut off by ``max_new_tokens``) are returned.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cached = _read_cache(path, lam)
+    done = {ex.problem_id for ex in cached}
+    todo = [p for p in problems if p.id not in done]
+    if cached:
+        log.info("distillation data %s: %d cached, %d to generate", path, len(cached), len(todo))
+    tokenizer = backend.tokenizer
+    with tqdm(total=len(todo), desc=f"teacher responses λ={lam:g}", unit="prompt", disable=not todo) as bar:
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start : start + chunk_size]
+            prompts = [render_prompt(tokenizer, p.question) for p in chunk]
+            completions = backend.generate(prompts, lam, sampling)
+            new = []
+            for problem, prompt, completion in zip(chunk, prompts, completions):
+                record = grade(problem, completion, tokenizer)
+                new.append(DistillExample(
+                    prompt=prompt, response=completion.text, token_ids=list(completion.token_ids), problem_id=problem.id,
+                    lam=lam, correct=bool(record["correct"]), thinking_tokens=int(record["thinking_tokens"]),
+                    finish_reason=completion.finish_reason,
+                ))
+            append_jsonl(path, [asdict(ex) for ex in new])
+            cached.extend(new)
+            bar.update(len(chunk))
+    wanted = {p.id for p in problems}
+    examples = [ex for ex in cached if ex.problem_id in wanted]
+    if only_correct:
+        examples = [ex for ex in examples if ex.correct and ex.finish_reason == "stop"]
+        log.info("kept %d of %d teacher responses (verified correct)", len(examples), len(wanted))
+    if not examples:
+        hint = " after keeping only verified-correct responses (set only_correct: false to distil on all)" if only_correct else ""
+        raise ConfigError(f"no distillation examples left from {path}{hint}")
+    return examples
+
+
+def load_distillation_jsonl(path: str | Path, tokenizer: Any) -> list[DistillExample]:
+    """User data: one ``{"prompt" | "question": ..., "response": ...}`` object per line.
+
+    ``prompt`` is used verbatim (already rendered); ``question`` is rendered with the chat template.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(f"distillation data file does not exist: {path}")
+    examples = []
+    for i, rec in enumerate(iter_jsonl(path), start=1):
+        if "response" not in rec or not ({"prompt", "question"} & set(rec)):
+            raise DataFormatError(f"{path}:{i}: need a `prompt` or `question` field and a `response` field; keys are {sorted(rec)}")
+        prompt = rec["prompt"] if "prompt" in rec else render_prompt(tokenizer, rec["question"])
+        examples.append(DistillExample(prompt=str(prompt), response=str(rec["response"]), problem_id=str(rec.get("id", i))))
+    if not examples:
+        raise DataFormatError(f"{path} has no examples")
+    return examples
+
+
+def encode_example(tokenizer: Any, example: DistillExample, max_length: int) -> dict[str, list[int]]:
+    """``input_ids`` (prompt + response, truncated to ``max_length``) and ``labels`` (-100 on the prompt)."""
+    prompt = tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
+    if example.token_ids is not None:
+        response = list(example.token_ids)
+    else:
+        response = tokenizer(example.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = (prompt + response)[:max_length]
+    labels = ([IGNORE_INDEX] * len(prompt) + response)[:max_length]
+    return {"input_ids": ids, "labels": labels}
+
+
+class DistillCollator:
+    """Right-pads ``input_ids``/``labels`` rows into tensors with an ``attention_mask``."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            input_ids[i, :n] = torch.tensor(r["input_ids"])
+            labels[i, :n] = torch.tensor(r["labels"])
+            attention[i, :n] = 1
+        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
