@@ -1,0 +1,77 @@
+"""Sweeping an InRa checkpoint's λ dial and checking that it behaves like a dial.
+
+The sweep is the ordinary :func:`thinkctl.sweep.run_sweep` over an HF backend whose reference stream
+is the original path and whose aligned stream is the adapter path (``method="inra"`` in the records),
+so InRa results sit in the same tables and plots as fused-pair results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from thinkctl.data import benchmark_name, load_benchmark
+from thinkctl.errors import ConfigError
+from thinkctl.inra.checkpoint import make_inra_backend
+from thinkctl.io import atomic_write_json, atomic_write_text
+from thinkctl.sweep import SweepConfig, run_sweep
+
+DIAL_LAMBDAS = (0.0, 0.5, 1.0, 1.5)
+
+
+def run_inra_sweep(cfg: SweepConfig, inra_path: str | Path, out_dir: str | Path) -> Path:
+    """Run the sweep described by ``cfg`` over the InRa checkpoint at ``inra_path``."""
+    if cfg.engine != "hf":
+        raise ConfigError(f"InRa sweeps run on the hf engine here; got engine={cfg.engine!r} (serve vLLM InRa with `thinkctl serve`)")
+    problems = load_benchmark(cfg.benchmark, split=cfg.split, limit=cfg.limit, seed=cfg.seed)
+    backend = make_inra_backend(inra_path, cfg.dtype, cfg.device, cfg.batch_size)
+    return run_sweep(
+        backend, problems, cfg.lambdas, cfg.sampling, out_dir,
+        benchmark=benchmark_name(cfg.benchmark), method="inra", model=str(inra_path), n_samples=cfg.n_samples,
+    )
+
+
+def dial_check(summary: Any, lambdas: Sequence[float] = DIAL_LAMBDAS, min_reduction_pct: float = 40.0,
+               max_accuracy_drop_pts: float = 2.0) -> dict[str, Any]:
+    """Whether a sweep summary (``thinkctl.report.summarize`` of one benchmark+method) is a working dial.
+
+    A dial: mean thinking tokens fall strictly at every step of ``lambdas``, and at λ = 1 thinking is
+    at least ``min_reduction_pct`` % shorter than at λ = 0 with accuracy at most
+    ``max_accuracy_drop_pts`` points lower.
+    """
+    rows = {float(r["lam"]): r for r in summary.to_dict("records")}
+    missing = [lam for lam in lambdas if lam not in rows]
+    if missing:
+        raise ConfigError(f"the sweep has no results at λ {missing}")
+    thinking = {lam: float(rows[lam]["mean_thinking_tokens"]) for lam in lambdas}
+    accuracy = {lam: 100.0 * float(rows[lam]["accuracy"]) for lam in lambdas}
+    values = [thinking[lam] for lam in lambdas]
+    reduction = 100.0 * (1 - thinking[1.0] / thinking[0.0]) if thinking[0.0] else 0.0
+    drop = accuracy[0.0] - accuracy[1.0]
+    result = {
+        "lambdas": list(lambdas),
+        "mean_thinking_tokens": thinking,
+        "accuracy_pct": accuracy,
+        "n": {lam: int(rows[lam]["n"]) for lam in lambdas},
+        "monotone": all(a > b for a, b in zip(values, values[1:])),
+        "reduction_at_1_pct": reduction,
+        "accuracy_drop_at_1_pts": drop,
+    }
+    result["passed"] = result["monotone"] and reduction >= min_reduction_pct and drop <= max_accuracy_drop_pts
+    return result
+
+
+def write_dial_report(check: dict[str, Any], out_dir: str | Path, title: str = "InRa dial") -> Path:
+    """``dial.json`` and a short ``dial.md`` table next to the sweep results."""
+    out_dir = Path(out_dir)
+    atomic_write_json(out_dir / "dial.json", check)
+    lines = [f"# {title}", "", "| λ | n | accuracy % | mean thinking tokens |", "|---|---|---|---|"]
+    for lam in check["lambdas"]:
+        lines.append(f"| {lam} | {check['n'][lam]} | {check['accuracy_pct'][lam]:.1f} | {check['mean_thinking_tokens'][lam]:.1f} |")
+    lines += [
+        "",
+        f"monotone: {check['monotone']}; thinking at λ=1 is {check['reduction_at_1_pct']:.1f}% shorter than at λ=0; "
+        f"accuracy change at λ=1: {-check['accuracy_drop_at_1_pts']:+.1f} pts; passed: {check['passed']}",
+    ]
+    return atomic_write_text(out_dir / "dial.md", "\n".join(lines) + "\n")
