@@ -1,0 +1,133 @@
+"""Evaluate a router on held-out queries by lookup, against every fixed λ at equal mean thinking tokens.
+
+A held-out sweep ran every λ of the grid on the same queries, so the outcome of any per-query λ
+choice can be read off it without generating again. Each routing policy (the threshold rule, and the
+budget mode at each fixed λ's own mean token count) becomes a point (mean thinking tokens, accuracy)
+compared with the fixed-λ frontier interpolated at the same mean tokens; its looked-up records are
+returned with ``method = "routed"`` and a ``route_point`` label ("logistic threshold=0.5", "bins budget=48.6")
+so reports can plot them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from thinkctl.errors import ConfigError, DataFormatError
+from thinkctl.router.budget import allocate_budget
+from thinkctl.router.policy import Router, _as_frame, select_sweep, sweep_table
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RouteEvaluation:
+    """``fixed``: one row per λ; ``table``: one row per routing policy; ``records``: looked-up routed records."""
+
+    fixed: pd.DataFrame
+    table: pd.DataFrame
+    records: list[dict[str, Any]]
+
+    def to_markdown(self) -> str:
+        lines = ["| policy | mean λ | predicted think tok | mean think tok | accuracy % | fixed-λ accuracy % at same tokens | Δ pp |",
+                 "|---|---|---|---|---|---|---|"]
+        for r in self.table.itertuples(index=False):
+            lines.append(f"| {r.policy} | {r.mean_lam:.2f} | {r.predicted_mean_tokens:.1f} | {r.mean_thinking_tokens:.1f} | "
+                         f"{100 * r.accuracy:.1f} | {100 * r.fixed_accuracy_at_tokens:.1f} | {100 * r.gain:+.1f} |")
+        fixed = ["| fixed λ | mean think tok | accuracy % |", "|---|---|---|"]
+        fixed += [f"| {r.lam:g} | {r.mean_thinking_tokens:.1f} | {100 * r.accuracy:.1f} |" for r in self.fixed.itertuples(index=False)]
+        return "\n".join(fixed) + "\n\n" + "\n".join(lines) + "\n"
+
+
+def fixed_frontier_accuracy(fixed: pd.DataFrame, tokens: float) -> float:
+    """Accuracy of the fixed-λ Pareto frontier at ``tokens`` mean thinking tokens (linear, clamped at the ends).
+
+    Mixing two fixed λ across queries reaches any point on the segment between them, so the frontier
+    — not just the nearest λ — is the fair baseline for a routed point.
+    """
+    pts = fixed.sort_values(["mean_thinking_tokens", "accuracy"], ascending=[True, False])
+    xs, ys = [], []
+    for x, y in zip(pts["mean_thinking_tokens"], pts["accuracy"]):
+        if not ys or y > ys[-1]:
+            xs.append(float(x))
+            ys.append(float(y))
+    return float(np.interp(tokens, xs, ys))
+
+
+def evaluate_routing(
+    router: Router,
+    records: pd.DataFrame | Iterable[Mapping[str, Any]],
+    *,
+    questions: Mapping[str, str] | None = None,
+    signals: Mapping[str, Mapping[str, float]] | None = None,
+    method: str | None = None,
+    benchmark: str | None = None,
+    budgets: Iterable[float] | None = None,
+) -> RouteEvaluation:
+    """Route every held-out query, look its outcome up, and compare with fixed λ (see module docstring).
+
+    ``budgets`` defaults to each fixed λ's mean thinking tokens on these queries, so every fixed point
+    gets a routed point at the same budget.
+    """
+    df = _as_frame(records)
+    if method is None and router.meta.get("method") in set(df["method"]):
+        method = router.meta["method"]  # the method the router was fitted on, when the held-out sweep has it
+    df = select_sweep(df, method, benchmark)
+    table = sweep_table(df, questions=questions, signals=signals)
+    missing = [lam for lam in router.lambdas if lam not in table.lambdas]
+    if missing:
+        raise DataFormatError(f"the held-out sweep has no records at λ {missing} of the router's grid {router.lambdas}")
+    cols = [table.lambdas.index(lam) for lam in router.lambdas]
+    complete = (table.count[:, cols] > 0).all(1)
+    if not complete.any():
+        raise DataFormatError("no held-out problem was run at every λ of the router's grid; lookup needs all of them")
+    if not complete.all():
+        log.warning("%d held-out problems lack some λ of the grid and are left out", int((~complete).sum()))
+    ids = [pid for pid, ok in zip(table.problem_ids, complete) if ok]
+    correct, tokens = table.correct[complete][:, cols], table.tokens[complete][:, cols]
+    feats = [f for f, ok in zip(table.features, complete) if ok]
+    fixed = pd.DataFrame({"lam": router.lambdas, "mean_thinking_tokens": tokens.mean(0), "accuracy": correct.mean(0)})
+
+    p, t = router.predict(feats)
+    choices: list[tuple[str, np.ndarray, float]] = []
+    choice = router.choose(p, t)
+    kind = router.estimator.kind
+    choices.append((f"{kind} threshold={router.threshold:g}", choice, float(t[np.arange(len(ids)), choice].mean())))
+    if budgets is None:
+        budgets = [float(b) for b in fixed["mean_thinking_tokens"]]
+    for budget in sorted(set(budgets)):
+        try:
+            alloc = allocate_budget(p, t, budget)
+        except ConfigError as e:
+            log.info("budget %.1f skipped: %s", budget, e)
+            continue
+        choices.append((f"{kind} budget={budget:.1f}", alloc.choice, alloc.predicted_mean_tokens))
+
+    by_key: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+    for r in df.to_dict("records"):
+        by_key[(str(r["problem_id"]), float(r["lam"]))].append(r)
+    rows, routed = [], []
+    rows_idx = np.arange(len(ids))
+    for label, choice, predicted in choices:
+        acc = float(correct[rows_idx, choice].mean())
+        mean_tokens = float(tokens[rows_idx, choice].mean())
+        base = fixed_frontier_accuracy(fixed, mean_tokens)
+        rows.append({"policy": label, "mean_lam": float(np.mean(np.asarray(router.lambdas)[choice])),
+                     "predicted_mean_tokens": predicted, "mean_thinking_tokens": mean_tokens, "accuracy": acc,
+                     "fixed_accuracy_at_tokens": base, "gain": acc - base})
+        for pid, j in zip(ids, choice):
+            for r in by_key[(pid, router.lambdas[j])]:
+                routed.append({**_native(r), "method": "routed", "route_point": label, "route_estimator": kind})
+    return RouteEvaluation(fixed, pd.DataFrame(rows), routed)
+
+
+
+def _native(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A record fit for JSON: pandas' NaN for a missing field (e.g. no level) becomes null again."""
+    return {k: None if isinstance(v, float) and v != v else v for k, v in record.items()}
