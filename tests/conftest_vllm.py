@@ -1,0 +1,106 @@
+"""Helpers for the vLLM tests: tiny checkpoints on disk, an InRa checkpoint in the plugin's format, and
+the transformers reference for the InRa dual path (full-sequence recompute, no cache, so it shares no
+code with the path under test).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from transformers import Qwen2ForCausalLM
+
+from tests.conftest import make_random_lm, make_word_tokenizer
+from thinkctl.fusion import fuse_logits
+
+ADAPTER_ZEROED = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
+
+
+def save_random_model(path: Path, seed: int, std: float = 0.2) -> Path:
+    """A random tiny Qwen2 (head_dim 64) plus the word tokenizer, saved as an HF checkpoint dir.
+
+    Matrices are redrawn with ``std`` 0.2 (10x the HF init): at the default init the model repeats one
+    token forever, at 0.2 its greedy continuations are varied, often end with EOS (id 0), and its logits
+    are far apart, so two engines' float rounding cannot flip an argmax.
+    """
+    model = make_random_lm(seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+    model.generation_config.eos_token_id = 0
+    model.save_pretrained(path)
+    make_word_tokenizer().save_pretrained(path)
+    return path
+
+
+def adapter_from(model: Qwen2ForCausalLM, perturb: float, seed: int) -> torch.nn.Module:
+    """A copy of decoder layer 0 whose o_proj/down_proj are zero (identity) or scaled noise."""
+    adapter = copy.deepcopy(model.model.layers[0])
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in adapter.named_parameters():
+            if name in ADAPTER_ZEROED:
+                p.copy_(torch.randn(p.shape, generator=gen) * perturb)
+    return adapter
+
+
+def write_inra_checkpoint(base_dir: Path, out_dir: Path, perturb: float, default_lambda: float = 1.0, seed: int = 0) -> Path:
+    """An InRa checkpoint (not merged) over ``base_dir`` with one adapter layer, in the plugin's format."""
+    base = Qwen2ForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    adapter = adapter_from(base, perturb, seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.adapter_layers.0.{k}": v.contiguous() for k, v in adapter.state_dict().items()}
+    save_file(tensors, str(out_dir / "adapter.safetensors"))
+    config = json.loads((base_dir / "config.json").read_text())
+    config["architectures"] = ["InRaForCausalLM"]
+    config["inra"] = {"base_model": str(base_dir), "num_adapter_layers": 1, "default_lambda": default_lambda, "merged": False}
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    for f in base_dir.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "generation_config", "chat_template")):
+            shutil.copy(f, out_dir / f.name)
+    return out_dir
+
+
+def load_hf_inra(inra_dir: Path) -> tuple[Qwen2ForCausalLM, list[torch.nn.Module]]:
+    """The base model and adapter layers of an InRa checkpoint, as transformers modules."""
+    config = json.loads((inra_dir / "config.json").read_text())
+    base = Qwen2ForCausalLM.from_pretrained(config["inra"]["base_model"], dtype=torch.float32).eval()
+    adapter = copy.deepcopy(base.model.layers[0])
+    from safetensors.torch import load_file
+
+    prefix = "model.adapter_layers.0."
+    adapter.load_state_dict({k[len(prefix):]: v for k, v in load_file(str(inra_dir / "adapter.safetensors")).items()})
+    return base, [adapter]
+
+
+@torch.no_grad()
+def hf_stream_logits(model: Qwen2ForCausalLM, pre_layers: list[torch.nn.Module], ids: torch.Tensor) -> torch.Tensor:
+    """Last-position logits of ``pre_layers`` → every model layer, over the full sequence (causal SDPA)."""
+    m = model.model
+    h = m.embed_tokens(ids)
+    pos = torch.arange(ids.shape[1]).unsqueeze(0)
+    pe = m.rotary_emb(h, pos)
+    for layer in [*pre_layers, *m.layers]:
+        h = layer(h, attention_mask=None, position_ids=pos, position_embeddings=pe)
+    return model.lm_head(m.norm(h))[:, -1]
+
+
+@torch.no_grad()
+def hf_inra_greedy(model: Qwen2ForCausalLM, adapters: list[torch.nn.Module], prompt: list[int], lam: float, n: int, eos: int) -> list[int]:
+    """Greedy InRa decoding by recomputing both paths over the whole sequence at every step."""
+    ids = torch.tensor([prompt])
+    out: list[int] = []
+    for _ in range(n):
+        z = fuse_logits(hf_stream_logits(model, adapters, ids), hf_stream_logits(model, [], ids), lam)
+        tok = int(z.argmax(-1))
+        out.append(tok)
+        if tok == eos:
+            break
+        ids = torch.cat([ids, torch.tensor([[tok]])], dim=1)
+    return out

