@@ -55,3 +55,25 @@ def test_generate_and_user_errors_exit_2(saved_pair, tmp_path, capsys) -> None:
     assert "unknown benchmark" in capsys.readouterr().err
     assert main(["generate", "--ref", str(tmp_path / "missing"), "x"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_sweep_and_generate_accept_an_inra_checkpoint(saved_pair, tmp_path, capsys) -> None:
+    from thinkctl.inra import InRaModel, save_inra
+    from thinkctl.models import load_causal_lm
+
+    ref, al, bench = saved_pair
+    inra = save_inra(InRaModel.from_base(load_causal_lm(ref), base_name_or_path=ref), tmp_path / "inra",
+                     tokenizer=make_word_tokenizer())
+    out = tmp_path / "run"
+    assert main(["sweep", "--inra", str(inra), "--benchmark", bench, "--lambdas", "0,1", "--max-new-tokens", "6", "--out", str(out)]) == 0
+    records = read_jsonl(out / "results.jsonl")
+    assert len(records) == 10 and {r["method"] for r in records} == {"inra"}
+    by_lam = {lam: [r["response"] for r in records if r["lam"] == lam] for lam in (0.0, 1.0)}
+    assert by_lam[0.0] == by_lam[1.0]  # an identity adapter: the dial changes nothing yet
+    assert main(["generate", "--inra", str(inra), "--lambda", "0.5", "--max-new-tokens", "4", "1 + 1 ="]) == 0
+    assert "## 1 + 1 =" in capsys.readouterr().out
+    assert main(["generate", "--inra", str(inra), "--ref", ref, "x"]) == 2
+    assert main(["sweep", "--out", str(out)]) == 2
+    assert "give either --ref" in capsys.readouterr().err
+    assert main(["generate", "--inra", str(inra), "--aligned", al, "x"]) == 2
+    assert "carries its own fast path" in capsys.readouterr().err

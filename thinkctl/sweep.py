@@ -35,7 +35,7 @@ class SweepConfig:
     split: str | None = None
     limit: int | None = 100
     lambdas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5])
-    max_new_tokens: int = 256
+    max_new_tokens: int = 512
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0

@@ -23,7 +23,7 @@ from thinkctl.fusion import validate_lambda
 class SamplingConfig:
     """How to pick each next token; ``temperature == 0`` means greedy."""
 
-    max_new_tokens: int = 256
+    max_new_tokens: int = 512
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0

@@ -1,0 +1,244 @@
+"""Build the tiny default pair on CPU: tokenizer, reference (long thinker), aligned (short thinker).
+
+Three stages, each saved as a checkpoint directory:
+
+1. ``solver/``: trained from scratch on short traces, which carry the same copying and arithmetic
+   signal as long ones at a quarter of the tokens (the cheap way for a tiny model to learn the task);
+2. ``reference/``: the solver trained on long over-thinking traces, which set its style;
+3. ``aligned/``: the reference fine-tuned on short traces, the way real aligned models are fine-tunes
+   of their reference; sharing that ancestry keeps fused decoding coherent at intermediate λ.
+
+All are ``Qwen2ForCausalLM`` with head_dim 64 (vLLM's CPU attention rejects smaller heads) saved with
+``save_pretrained`` next to the tokenizer, so every loader in thinkctl (and vLLM) treats them as
+ordinary checkpoints. The build is deterministic in its seed. Each stage records a digest of the
+settings it depends on (its own and its parents'), so a rerun skips finished stages, resumes after an
+interruption at stage granularity, and retrains only what a config change affects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from thinkctl.io import atomic_write_json
+from thinkctl.tiny.task import TASK_VERSION, TinyProblem, generate_problems, long_trace, short_trace
+from thinkctl.tiny.tokenizer import build_tokenizer
+
+log = logging.getLogger(__name__)
+
+MARKER = "thinkctl_build.json"
+
+
+@dataclass(frozen=True)
+class TinyBuildConfig:
+    """Sizes and schedule of the tiny pair; the defaults build in a few minutes on 2 CPU cores."""
+
+    seed: int = 0
+    vocab_size: int = 512
+    hidden_size: int = 128
+    num_layers: int = 4
+    intermediate_size: int = 384
+    n_train: int = 20000
+    batch_size: int = 32
+    warmup_steps: int = 40
+    solve_steps: int = 1000
+    solve_lr: float = 2e-3
+    style_steps: int = 450
+    style_lr: float = 1e-3
+    aligned_steps: int = 150
+    aligned_lr: float = 5e-4
+    n_eval: int = 200
+
+    def digest(self, stage: str = "aligned") -> str:
+        """Digest of the settings that determine ``stage`` ("solver", "reference" or "aligned")."""
+        fields = {**asdict(self), "task_version": TASK_VERSION}
+        fields.pop("n_eval")
+        if stage in ("solver", "reference"):
+            for key in ("aligned_steps", "aligned_lr"):
+                fields.pop(key)
+        if stage == "solver":
+            for key in ("style_steps", "style_lr"):
+                fields.pop(key)
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TinyPair:
+    """Where a built pair lives (``solver`` is the intermediate stage the reference starts from)."""
+
+    root: Path
+    reference: Path
+    aligned: Path
+
+    @property
+    def solver(self) -> Path:
+        return self.root / "solver"
+
+
+def default_tiny_dir() -> Path:
+    """``$THINKCTL_HOME/tiny``, with ``THINKCTL_HOME`` defaulting to ``~/.cache/thinkctl``."""
+    return Path(os.environ.get("THINKCTL_HOME", Path.home() / ".cache" / "thinkctl")).expanduser() / "tiny"
+
+
+def model_config(cfg: TinyBuildConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen2Config:
+    heads = cfg.hidden_size // 64
+    return Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        head_dim=64,
+        intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        dtype="float32",
+    )
+
+
+def encode_examples(
+    tokenizer: PreTrainedTokenizerFast, problems: list[TinyProblem], style: str, seed: int
+) -> list[tuple[list[int], int]]:
+    """(token ids, prompt length) per problem: chat prompt, then the response in ``style`` and EOS."""
+    from thinkctl.data import render_prompt
+
+    rng = random.Random(seed)
+    out = []
+    for p in problems:
+        prompt = tokenizer(render_prompt(tokenizer, p.question), add_special_tokens=False)["input_ids"]
+        response = long_trace(p, rng) if style == "long" else short_trace(p, rng)
+        ids = prompt + tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        out.append((ids, len(prompt)))
+    return out
+
+
+def _batch(examples: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded inputs with labels only on response tokens (prompt and padding are -100)."""
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full_like(input_ids, -100)
+    mask = torch.zeros_like(input_ids)
+    for i, (ids, n_prompt) in enumerate(examples):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
+        mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def train_lm(
+    model: Qwen2ForCausalLM,
+    examples: list[tuple[list[int], int]],
+    steps: int,
+    lr: float,
+    cfg: TinyBuildConfig,
+    pad_id: int,
+    desc: str,
+) -> list[float]:
+    """AdamW with linear warmup and cosine decay on response tokens; returns the loss curve."""
+    rng = random.Random(cfg.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warmup = min(cfg.warmup_steps, max(steps // 5, 1))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(steps - warmup, 1))),
+    )
+    model.train()
+    losses = []
+    bar = tqdm(range(steps), desc=desc, unit="step")
+    for _ in bar:
+        batch = _batch(rng.sample(examples, cfg.batch_size), pad_id)
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    return losses
+
+
+def _is_built(path: Path, digest: str) -> bool:
+    marker = path / MARKER
+    return marker.is_file() and json.loads(marker.read_text()).get("config_digest") == digest
+
+
+def _save(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, path: Path, info: dict) -> None:
+    """Save weights and tokenizer, then the marker last: a directory without a marker is unfinished."""
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    atomic_write_json(path / MARKER, info)
+
+
+def evaluate(path: Path, problems: list[TinyProblem]) -> dict[str, float]:
+    """Greedy accuracy and mean thinking tokens of a saved model on held-out problems (the real stack)."""
+    from thinkctl.data import Problem
+    from thinkctl.sweep import run_sweep
+    from thinkctl.report import load_records, summarize
+    import tempfile
+
+    from thinkctl.rollout.hf import HFBackend
+    from thinkctl.rollout.base import SamplingConfig
+
+    backend = HFBackend.from_paths(str(path), batch_size=64)
+    bench = [Problem(p.id, p.question, p.answer, p.level, "tiny") for p in problems]
+    with tempfile.TemporaryDirectory() as tmp:
+        results = run_sweep(backend, bench, [0.0], SamplingConfig(max_new_tokens=512), tmp, benchmark="tiny", summarize=False)
+        row = summarize(load_records([results])).iloc[0]
+    return {"accuracy": float(row["accuracy"]), "mean_thinking_tokens": float(row["mean_thinking_tokens"])}
+
+
+def build_tiny_pair(out_dir: str | Path | None = None, config: TinyBuildConfig | None = None, force: bool = False) -> TinyPair:
+    """Build (or reuse) the tiny pair under ``out_dir``; see the module docstring."""
+    cfg = config or TinyBuildConfig()
+    root = Path(out_dir) if out_dir is not None else default_tiny_dir()
+    pair = TinyPair(root, root / "reference", root / "aligned")
+    stages = [
+        # (name, directory, parent directory or None, traces, steps, lr, progress label)
+        ("solver", pair.solver, None, "short", cfg.solve_steps, cfg.solve_lr, "1/3 solver (short traces, from scratch)"),
+        ("reference", pair.reference, pair.solver, "long", cfg.style_steps, cfg.style_lr, "2/3 reference (long traces)"),
+        ("aligned", pair.aligned, pair.reference, "short", cfg.aligned_steps, cfg.aligned_lr, "3/3 aligned (short traces)"),
+    ]
+    if not force and all(_is_built(path, cfg.digest(name)) for name, path, *_ in stages) and (root / "build_info.json").is_file():
+        log.info("tiny pair already built at %s", root)
+        return pair
+    tokenizer = build_tokenizer(cfg.vocab_size, cfg.seed)
+    train: list[TinyProblem] = []
+    retrain = force  # once a stage is retrained, every later stage starts from new weights
+    for offset, (name, path, parent, style, steps, lr, label) in enumerate(stages):
+        if not retrain and _is_built(path, cfg.digest(name)):
+            continue
+        retrain = True
+        train = train or generate_problems(cfg.n_train, seed=cfg.seed, split="train")
+        start = time.time()
+        torch.manual_seed(cfg.seed + offset)
+        model = Qwen2ForCausalLM.from_pretrained(parent) if parent else Qwen2ForCausalLM(model_config(cfg, tokenizer))
+        losses = train_lm(model, encode_examples(tokenizer, train, style, cfg.seed), steps, lr, cfg, tokenizer.pad_token_id, label)
+        info = {"config": asdict(cfg), "config_digest": cfg.digest(name), "final_loss": losses[-1], "train_seconds": time.time() - start}
+        _save(model, tokenizer, path, info)
+
+    held_out = generate_problems(cfg.n_eval, seed=cfg.seed, split="test") if cfg.n_eval else []
+    summary: dict = {"config": asdict(cfg), "config_digest": cfg.digest()}
+    for name, path in (("reference", pair.reference), ("aligned", pair.aligned)):
+        summary[name] = json.loads((path / MARKER).read_text())
+        summary[name].pop("config", None)
+        if held_out:
+            summary[name]["held_out"] = evaluate(path, held_out)
+            log.info("%s: %s", name, summary[name]["held_out"])
+    atomic_write_json(root / "build_info.json", summary)
+    return pair
