@@ -106,12 +106,26 @@ def test_build_is_deterministic_resumable_and_loadable(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_default_pair_meets_quality_targets(tmp_path) -> None:
-    """The default build: both models accurate on held-out problems, the reference thinks far longer."""
-    pair = build_tiny_pair(tmp_path)
+    """The default build (reused from $THINKCTL_HOME/tiny when present): both models accurate on held-out
+    problems, the reference thinks ≥ 3× longer, and the demo sweep's thinking falls as λ rises past 1."""
+    import pandas as pd
+
+    from thinkctl.cli import main
+    from thinkctl.tiny import default_tiny_dir
+
+    pair = build_tiny_pair(default_tiny_dir())
     info = json.loads((pair.root / "build_info.json").read_text())
     ref, al = info["reference"]["held_out"], info["aligned"]["held_out"]
     assert ref["accuracy"] >= 0.85 and al["accuracy"] >= 0.85
     assert ref["mean_thinking_tokens"] >= 3 * al["mean_thinking_tokens"]
+
+    assert main(["demo", "--tiny-dir", str(pair.root), "--out", str(tmp_path / "demo")]) == 0
+    summary = pd.read_csv(tmp_path / "demo" / "summary.csv").sort_values("lam")
+    thinking = dict(zip(summary["lam"], summary["mean_thinking_tokens"]))
+    values = list(thinking.values())
+    assert all(a >= b for a, b in zip(values, values[1:])), thinking
+    assert thinking[0.0] > thinking[1.0] > thinking[1.25], thinking
+    assert summary["accuracy"].min() >= 0.85
 
 
 def test_tiny_recipe_spells_out_the_built_in_defaults() -> None:
