@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -120,3 +121,12 @@ def test_cli_report(tmp_path, capsys, routed_file):
     assert "routed" in (tmp_path / "rep" / "report.md").read_text(encoding="utf-8")
     assert main(["report", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "rep2")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_overlapping_runs_count_each_sample_once(tmp_path):
+    from thinkctl.report import load_records, summarize
+
+    once = summarize(load_records([FIXTURE]))
+    twice = summarize(load_records([FIXTURE, FIXTURE]))
+    pd.testing.assert_frame_equal(once, twice)
+    assert len(load_report_records([FIXTURE, FIXTURE])) == len(load_report_records([FIXTURE]))

@@ -18,6 +18,12 @@ from thinkctl.io import atomic_write_text, iter_jsonl
 REQUIRED_FIELDS = ("benchmark", "method", "problem_id", "lam", "correct", "thinking_tokens", "total_tokens")
 
 
+def drop_overlaps(df: pd.DataFrame) -> pd.DataFrame:
+    """Count each sample once when runs overlap (a realign run's reference rows are a sweep's λ=0 rows)."""
+    key = [c for c in ("benchmark", "method", "model", "problem_id", "lam", "sample", "route_point") if c in df.columns]
+    return df[~df[key].astype(str).duplicated()].reset_index(drop=True)
+
+
 def load_records(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
     """Read per-sample records from JSONL files (or run directories holding ``results.jsonl``)."""
     frames = []
@@ -37,6 +43,7 @@ def load_records(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
         raise DataFormatError("no result files given")
     df = pd.concat(frames, ignore_index=True)
     df["lam"] = df["lam"].astype(float)
+    df = drop_overlaps(df)
     df["correct"] = df["correct"].astype(bool)
     return df
 
@@ -132,7 +139,7 @@ def load_report_records(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame
         frames.append(df.assign(source=str(raw)))
     if not frames:
         raise DataFormatError("no result files given")
-    df = pd.concat(frames, ignore_index=True)
+    df = drop_overlaps(pd.concat(frames, ignore_index=True))
     if "route_point" not in df.columns:
         df["route_point"] = None
     if "level" not in df.columns:
