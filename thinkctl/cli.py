@@ -10,9 +10,13 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from thinkctl.errors import ConfigError, ThinkctlError
 from thinkctl.fusion import parse_lambda, parse_lambda_grid
+
+if TYPE_CHECKING:
+    from thinkctl.rollout.base import RolloutBackend
 
 log = logging.getLogger("thinkctl")
 
@@ -111,10 +115,19 @@ def cmd_demo(args: argparse.Namespace) -> None:
     _print_summary(out_dir)
 
 
-def cmd_generate(args: argparse.Namespace) -> None:
+def _print_answers(backend: RolloutBackend, args: argparse.Namespace) -> None:
+    """Answer ``args.question`` at ``args.lam`` with ``backend`` and print each answer with its token count."""
     from thinkctl.data import render_prompt
-    from thinkctl.rollout import make_backend
     from thinkctl.rollout.base import SamplingConfig
+
+    sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    prompts = [render_prompt(backend.tokenizer, q) for q in args.question]
+    for question, completion in zip(args.question, backend.generate(prompts, args.lam, sampling)):
+        print(f"## {question}\n{completion.text}\n[{completion.num_tokens} tokens, {completion.finish_reason}]\n")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from thinkctl.rollout import make_backend
 
     _model_source(args)
     if args.inra:
@@ -123,10 +136,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         backend = make_inra_backend(args.inra, args.dtype, args.device)
     else:
         backend = make_backend(args.engine, args.ref, args.aligned, dtype=args.dtype, device=args.device)
-    sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed)
-    prompts = [render_prompt(backend.tokenizer, q) for q in args.question]
-    for question, completion in zip(args.question, backend.generate(prompts, args.lam, sampling)):
-        print(f"## {question}\n{completion.text}\n[{completion.num_tokens} tokens, {completion.finish_reason}]\n")
+    _print_answers(backend, args)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -173,15 +183,9 @@ def cmd_inra_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_inra_generate(args: argparse.Namespace) -> None:
-    from thinkctl.data import render_prompt
     from thinkctl.inra import make_inra_backend
-    from thinkctl.rollout.base import SamplingConfig
 
-    backend = make_inra_backend(args.checkpoint, args.dtype, args.device)
-    sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed)
-    prompts = [render_prompt(backend.tokenizer, q) for q in args.question]
-    for question, completion in zip(args.question, backend.generate(prompts, args.lam, sampling)):
-        print(f"## {question}\n{completion.text}\n[{completion.num_tokens} tokens, {completion.finish_reason}]\n")
+    _print_answers(make_inra_backend(args.checkpoint, args.dtype, args.device), args)
 
 
 def _add_inra_parser(sub: argparse._SubParsersAction) -> None:

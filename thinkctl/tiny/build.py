@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import random
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+from thinkctl.data import Problem, load_benchmark, render_prompt
 from thinkctl.io import atomic_write_json
 from thinkctl.tiny.task import TASK_VERSION, TinyProblem, generate_problems, long_trace, short_trace
 from thinkctl.tiny.tokenizer import build_tokenizer
@@ -114,8 +116,6 @@ def encode_examples(
     tokenizer: PreTrainedTokenizerFast, problems: list[TinyProblem], style: str, seed: int
 ) -> list[tuple[list[int], int]]:
     """(token ids, prompt length) per problem: chat prompt, then the response in ``style`` and EOS."""
-    from thinkctl.data import render_prompt
-
     rng = random.Random(seed)
     out = []
     for p in problems:
@@ -185,20 +185,16 @@ def _save(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, path: Pat
     atomic_write_json(path / MARKER, info)
 
 
-def evaluate(path: Path, problems: list[TinyProblem]) -> dict[str, float]:
+def evaluate(path: Path, problems: list[Problem]) -> dict[str, float]:
     """Greedy accuracy and mean thinking tokens of a saved model on held-out problems (the real stack)."""
-    from thinkctl.data import Problem
-    from thinkctl.sweep import run_sweep
     from thinkctl.report import load_records, summarize
-    import tempfile
-
-    from thinkctl.rollout.hf import HFBackend
     from thinkctl.rollout.base import SamplingConfig
+    from thinkctl.rollout.hf import HFBackend
+    from thinkctl.sweep import run_sweep
 
     backend = HFBackend.from_paths(str(path), batch_size=64)
-    bench = [Problem(p.id, p.question, p.answer, p.level, "tiny") for p in problems]
     with tempfile.TemporaryDirectory() as tmp:
-        results = run_sweep(backend, bench, [0.0], SamplingConfig(max_new_tokens=512), tmp, benchmark="tiny", summarize=False)
+        results = run_sweep(backend, problems, [0.0], SamplingConfig(max_new_tokens=512), tmp, benchmark="tiny", summarize=False)
         row = summarize(load_records([results])).iloc[0]
     return {"accuracy": float(row["accuracy"]), "mean_thinking_tokens": float(row["mean_thinking_tokens"])}
 
@@ -232,7 +228,7 @@ def build_tiny_pair(out_dir: str | Path | None = None, config: TinyBuildConfig |
         info = {"config": asdict(cfg), "config_digest": cfg.digest(name), "final_loss": losses[-1], "train_seconds": time.time() - start}
         _save(model, tokenizer, path, info)
 
-    held_out = generate_problems(cfg.n_eval, seed=cfg.seed, split="test") if cfg.n_eval else []
+    held_out = load_benchmark("tiny", split="test", limit=cfg.n_eval, seed=cfg.seed) if cfg.n_eval else []
     summary: dict = {"config": asdict(cfg), "config_digest": cfg.digest()}
     for name, path in (("reference", pair.reference), ("aligned", pair.aligned)):
         summary[name] = json.loads((path / MARKER).read_text())
