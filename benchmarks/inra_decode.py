@@ -58,7 +58,7 @@ def _run(variant: str, args: argparse.Namespace, queue: mp.Queue) -> None:
 
     from thinkctl.decoding import fused_generate
     from thinkctl.inra import InRaModel
-    from thinkctl.rollout.base import SamplingConfig
+    from thinkctl.sampling import SamplingConfig
 
     torch.set_num_threads(args.threads)
     baseline = _rss_mb()

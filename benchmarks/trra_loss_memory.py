@@ -32,7 +32,7 @@ def _current_rss_mib() -> float:
 
 def run_variant(args: argparse.Namespace) -> dict[str, float]:
     """One forward + backward of ``args.variant``; returns peak memory (MiB) and seconds."""
-    from thinkctl.trra.loss import chunked_fused_kd_loss, naive_fused_kd_loss
+    from thinkctl.losses import chunked_fused_kd_loss, fused_kd_loss
 
     device = torch.device(args.device)
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -52,7 +52,7 @@ def run_variant(args: argparse.Namespace) -> dict[str, float]:
     if args.variant == "naive":
         with torch.no_grad():
             z_r, z_a = hidden[1] @ heads[1].T, hidden[2] @ heads[2].T
-        loss = naive_fused_kd_loss(h_s @ w_s.T, z_r, z_a, mask, args.lam)
+        loss = fused_kd_loss(h_s @ w_s.T, z_r, z_a, mask, args.lam)
     else:
         loss = chunked_fused_kd_loss(h_s, hidden[1], hidden[2], w_s, heads[1], heads[2], mask, args.lam, chunk_size=args.chunk_size)
     loss.backward()

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from thinkctl.data import load_benchmark, render_prompt
 from thinkctl.models import load_tokenizer
-from thinkctl.rollout.base import RolloutBackend, SamplingConfig
+from thinkctl.rollout.base import RolloutBackend
+from thinkctl.sampling import SamplingConfig
 
 
 def _inra_checkpoint(reference: str, out: Path) -> str:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from thinkctl.decoding import fused_generate, sample_next
-from thinkctl.rollout.base import SamplingConfig
+from thinkctl.sampling import SamplingConfig
 
 STOP = [0]
 

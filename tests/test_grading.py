@@ -2,7 +2,8 @@
 
 import pytest
 
-from thinkctl.grading import count_thinking_tokens, extract_answer, extract_boxed, is_correct
+from thinkctl.answers import extract_answer, extract_boxed
+from thinkctl.grading import count_thinking_tokens, is_correct
 
 
 def test_extract_boxed_balances_braces_and_takes_the_last() -> None:

@@ -15,8 +15,8 @@ from thinkctl.fusion import fuse_logits
 from thinkctl.inra import DualCache, InRaModel, load_inra, make_inra_backend, save_inra
 from thinkctl.inra.pairs import Rollout, preference_pair
 from thinkctl.inra.train import InRaTrainConfig, _Examples, compute_loss, dpo_loss, sequence_logps
-from thinkctl.rollout.base import SamplingConfig
 from thinkctl.rollout.hf import HFBackend
+from thinkctl.sampling import SamplingConfig
 
 LAMBDAS = (-0.5, 0.0, 0.5, 1.0, 1.5)
 
@@ -254,7 +254,7 @@ def test_config_rejects_bad_values():
     with pytest.raises(ConfigError, match="method"):
         InRaTrainConfig(base="x", method="ppo")
     with pytest.raises(ConfigError, match="divergence"):
-        InRaTrainConfig(base="x", teacher="y", loss_kind="l2")
+        InRaTrainConfig(base="x", teacher="y", divergence="l2")
     with pytest.raises(ConfigError, match="rollout_samples"):
         InRaTrainConfig(base="x", method="dpo", rollout_samples=1)
 
@@ -294,7 +294,8 @@ def test_tiny_inra_dial(tmp_path):
     from thinkctl.config import load_section
     from thinkctl.inra.dial import dial_check, run_inra_sweep, write_dial_report
     from thinkctl.inra.train import train_inra
-    from thinkctl.report import load_records, summarize
+    from thinkctl.records import load_records
+    from thinkctl.report import summarize
     from thinkctl.sweep import SweepConfig
     from thinkctl.tiny import build_tiny_pair, default_tiny_dir
 

@@ -13,7 +13,8 @@ from PIL import Image
 from tests.fixtures.synthetic_sweep import LAMBDAS, make_sweep
 from thinkctl.cli import main
 from thinkctl.errors import DataFormatError
-from thinkctl.report import LENGTHS_PNG, LEVELS_PNG, PARETO_PNG, build_report, load_report_records, point_summary
+from thinkctl.records import load_records
+from thinkctl.report import LENGTHS_PNG, LEVELS_PNG, PARETO_PNG, build_report, point_summary
 from thinkctl.router import evaluate_routing, fit_router
 
 FIXTURE = Path(__file__).parent / "fixtures" / "synthetic_sweep.jsonl"
@@ -64,7 +65,7 @@ def test_report_figures_are_valid_pngs(report_dir):
 
 
 def test_point_summary_groups_routed_records_by_policy(routed_file):
-    points = point_summary(load_report_records([FIXTURE, routed_file]))
+    points = point_summary(load_records([FIXTURE, routed_file]))
     routed = points[points["method"] == "routed"]
     assert "logistic threshold=0.5" in set(routed["point"]) and routed["lam"].isna().all()
     assert (routed["n"] == 12).all()
@@ -124,9 +125,9 @@ def test_cli_report(tmp_path, capsys, routed_file):
 
 
 def test_overlapping_runs_count_each_sample_once(tmp_path):
-    from thinkctl.report import load_records, summarize
+    from thinkctl.report import summarize
 
     once = summarize(load_records([FIXTURE]))
     twice = summarize(load_records([FIXTURE, FIXTURE]))
     pd.testing.assert_frame_equal(once, twice)
-    assert len(load_report_records([FIXTURE, FIXTURE])) == len(load_report_records([FIXTURE]))
+    assert len(load_records([FIXTURE, FIXTURE])) == len(load_records([FIXTURE]))

@@ -8,8 +8,10 @@ import pytest
 from tests.conftest import make_word_tokenizer
 from thinkctl.data import Problem
 from thinkctl.io import read_jsonl
-from thinkctl.report import load_records, summarize
-from thinkctl.rollout.base import Completion, RolloutBackend, SamplingConfig
+from thinkctl.records import load_records
+from thinkctl.report import summarize
+from thinkctl.rollout.base import Completion, RolloutBackend
+from thinkctl.sampling import SamplingConfig
 from thinkctl.sweep import run_sweep
 
 PROBLEMS = [Problem(str(i), f"{i} + 1", str(i + 1), level=1 + i % 2) for i in range(10)]

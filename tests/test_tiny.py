@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from thinkctl.grading import count_thinking_tokens, extract_answer, is_correct
+from thinkctl.answers import extract_answer
+from thinkctl.grading import count_thinking_tokens, is_correct
 from thinkctl.tiny import TinyBuildConfig, build_tiny_pair, generate_problems, long_trace, short_trace
 from thinkctl.tiny.task import CHECK_OPENERS, MAX_VALUE
 from thinkctl.tiny.tokenizer import build_tokenizer

@@ -15,10 +15,12 @@ from tests.conftest import make_random_lm
 from thinkctl.data import Problem
 from thinkctl.errors import ConfigError
 from thinkctl.fusion import fused_log_probs
-from thinkctl.rollout.base import Completion, RolloutBackend, SamplingConfig
+from thinkctl.losses import DIVERGENCES, chunked_fused_kd_loss, fused_kd_loss, token_divergence
+from thinkctl.rollout.base import Completion, RolloutBackend
+from thinkctl.sampling import SamplingConfig
+from thinkctl.batch import collate
 from thinkctl.trra.calibrate import CalibrationError, LengthPoint, backend_measure, calibrate_lambda
-from thinkctl.trra.data import DistillCollator, DistillExample, encode_example
-from thinkctl.trra.loss import DIVERGENCES, chunked_fused_kd_loss, naive_fused_kd_loss, token_divergence
+from thinkctl.trra.data import DistillExample, encode_example
 from thinkctl.trra.trainer import TrRaConfig, build_student, make_trainer
 
 LAMBDAS = [0.0, 0.3, 1.0, 1.5, -0.5]
@@ -39,7 +41,7 @@ def _hidden_setup(seed: int = 0, b: int = 2, t: int = 7, h: int = 16, v: int = 3
 def test_chunked_equals_naive_loss_and_grads_float64(lam: float, kind: str, beta: float) -> None:
     (h_s, h_r, h_a), (w_s, w_r, w_a), mask = _hidden_setup()
     h1, w1 = h_s.clone().requires_grad_(), w_s.clone().requires_grad_()
-    naive = naive_fused_kd_loss(h1 @ w1.T, h_r @ w_r.T, h_a @ w_a.T, mask, lam, kind, beta)
+    naive = fused_kd_loss(h1 @ w1.T, h_r @ w_r.T, h_a @ w_a.T, mask, lam, kind, beta)
     naive.backward()
     h2, w2 = h_s.clone().requires_grad_(), w_s.clone().requires_grad_()
     chunked = chunked_fused_kd_loss(h2, h_r, h_a, w2, w_r, w_a, mask, lam, kind, beta, chunk_size=3)
@@ -53,7 +55,7 @@ def test_chunked_equals_naive_loss_and_grads_float64(lam: float, kind: str, beta
 def test_chunked_per_row_lambda_matches_naive() -> None:
     (h_s, h_r, h_a), (w_s, w_r, w_a), mask = _hidden_setup(seed=3)
     lam = torch.tensor([0.2, 1.3], dtype=torch.float64)
-    naive = naive_fused_kd_loss(h_s @ w_s.T, h_r @ w_r.T, h_a @ w_a.T, mask, lam)
+    naive = fused_kd_loss(h_s @ w_s.T, h_r @ w_r.T, h_a @ w_a.T, mask, lam)
     chunked = chunked_fused_kd_loss(h_s, h_r, h_a, w_s, w_r, w_a, mask, lam, chunk_size=4)
     assert chunked.item() == pytest.approx(naive.item(), abs=1e-9)
 
@@ -71,9 +73,9 @@ def test_lambda_zero_target_is_the_reference(kind: str, beta: float) -> None:
     z_ref, z_al = torch.randn(2, 5, 11, generator=g, dtype=torch.float64), torch.randn(2, 5, 11, generator=g, dtype=torch.float64)
     mask = torch.ones(2, 5, dtype=torch.bool)
     torch.testing.assert_close(fused_log_probs(z_al, z_ref, 0.0), torch.log_softmax(z_ref, -1))
-    assert naive_fused_kd_loss(z_ref.clone(), z_ref, z_al, mask, 0.0, kind, beta).item() == pytest.approx(0.0, abs=1e-12)
-    assert naive_fused_kd_loss(z_al.clone(), z_ref, z_al, mask, 1.0, kind, beta).item() == pytest.approx(0.0, abs=1e-12)
-    assert naive_fused_kd_loss(z_al.clone(), z_ref, z_al, mask, 0.0, kind, beta).item() > 1e-3
+    assert fused_kd_loss(z_ref.clone(), z_ref, z_al, mask, 0.0, kind, beta).item() == pytest.approx(0.0, abs=1e-12)
+    assert fused_kd_loss(z_al.clone(), z_ref, z_al, mask, 1.0, kind, beta).item() == pytest.approx(0.0, abs=1e-12)
+    assert fused_kd_loss(z_al.clone(), z_ref, z_al, mask, 0.0, kind, beta).item() > 1e-3
 
 
 def test_mask_excludes_prompt_tokens() -> None:
@@ -88,7 +90,7 @@ def test_mask_excludes_prompt_tokens() -> None:
     only_first = torch.zeros_like(mask)
     only_first[0, 0] = True
     expected = token_divergence(torch.log_softmax(z_s[0, 0], -1), fused_log_probs(z_a[0, 0], z_r[0, 0], 0.5)).item()
-    assert naive_fused_kd_loss(z_s, z_r, z_a, only_first, 0.5).item() == pytest.approx(expected, abs=1e-12)
+    assert fused_kd_loss(z_s, z_r, z_a, only_first, 0.5).item() == pytest.approx(expected, abs=1e-12)
 
 
 def test_jsd_endpoints_are_the_kls() -> None:
@@ -102,9 +104,9 @@ def test_jsd_endpoints_are_the_kls() -> None:
 def test_bad_divergence_is_a_config_error() -> None:
     z = torch.zeros(1, 2, 3)
     with pytest.raises(ConfigError, match="unknown divergence"):
-        naive_fused_kd_loss(z, z, z, torch.ones(1, 2), 0.5, "kl")
+        fused_kd_loss(z, z, z, torch.ones(1, 2), 0.5, "kl")
     with pytest.raises(ConfigError, match="jsd_beta"):
-        naive_fused_kd_loss(z, z, z, torch.ones(1, 2), 0.5, "jsd", 1.5)
+        fused_kd_loss(z, z, z, torch.ones(1, 2), 0.5, "jsd", 1.5)
 
 
 # --- trainer -------------------------------------------------------------------------------------------------
@@ -132,9 +134,10 @@ def test_encode_masks_the_prompt(word_tokenizer) -> None:
     ex = _examples(word_tokenizer, 1)[0]
     row = encode_example(word_tokenizer, ex, max_length=64)
     n_prompt = len(word_tokenizer(ex.prompt, add_special_tokens=False)["input_ids"])
-    assert row["labels"][:n_prompt] == [-100] * n_prompt
-    assert row["labels"][n_prompt:] == ex.token_ids == row["input_ids"][n_prompt:]
-    batch = DistillCollator(word_tokenizer.pad_token_id)([row, encode_example(word_tokenizer, ex, max_length=5)])
+    batch = collate([row, encode_example(word_tokenizer, ex, max_length=5)], word_tokenizer.pad_token_id)
+    labels, input_ids = batch["labels"][0].tolist(), row[0]
+    assert labels[:n_prompt] == [-100] * n_prompt
+    assert labels[n_prompt:] == ex.token_ids == input_ids[n_prompt:]
     assert batch["attention_mask"][1].tolist() == [1] * 5 + [0] * (batch["input_ids"].shape[1] - 5)
     assert (batch["labels"][1, 5:] == -100).all()
 
@@ -145,7 +148,7 @@ def test_gradients_reach_only_trainable_params(tmp_path, word_tokenizer, use_lor
     reference, aligned = make_random_lm(seed=0), make_random_lm(seed=1)
     student = build_student(make_random_lm(seed=0), cfg)
     trainer = make_trainer(cfg, student, None if use_lora else reference, aligned, word_tokenizer, _examples(word_tokenizer, 4))
-    batch = DistillCollator(word_tokenizer.pad_token_id)([encode_example(word_tokenizer, e, 64) for e in _examples(word_tokenizer, 4)])
+    batch = collate([encode_example(word_tokenizer, e, 64) for e in _examples(word_tokenizer, 4)], word_tokenizer.pad_token_id)
     loss = trainer.compute_loss(trainer.model, batch)
     loss.backward()
     assert loss.item() > 0
@@ -167,7 +170,7 @@ def test_lora_reference_teacher_is_the_student_with_adapters_off(tmp_path, word_
     for n, p in student.named_parameters():
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.05)
-    batch = DistillCollator(word_tokenizer.pad_token_id)([encode_example(word_tokenizer, e, 64) for e in _examples(word_tokenizer, 3)])
+    batch = collate([encode_example(word_tokenizer, e, 64) for e in _examples(word_tokenizer, 3)], word_tokenizer.pad_token_id)
     shared = make_trainer(cfg, student, None, aligned, word_tokenizer, _examples(word_tokenizer, 3)).compute_loss(student, batch)
     separate = make_trainer(cfg, student, make_random_lm(seed=0), aligned, word_tokenizer, _examples(word_tokenizer, 3)).compute_loss(student, batch)
     assert shared.item() == pytest.approx(separate.item(), rel=1e-5)
@@ -317,7 +320,7 @@ def test_realign_on_tiny_default_meets_the_target(tmp_path) -> None:
     pair = build_tiny_pair(default_tiny_dir())
     rcfg, tcfg = load_realign_configs("recipes/tiny-trra.yaml", {"reference": str(pair.reference), "aligned": str(pair.aligned), "lambda_": 0.0})
     out = tmp_path / "run"
-    backend = HFBackend.from_paths(str(pair.reference), str(pair.aligned), batch_size=rcfg.batch_size)
+    backend = HFBackend.from_paths(str(pair.reference), str(pair.aligned), batch_size=rcfg.backend.batch_size)
     problems = load_benchmark(rcfg.calib_benchmark, rcfg.calib_split, rcfg.calib_limit, rcfg.calib_seed)
     reference = backend_measure(backend, problems, rcfg.eval_sampling, out / "calibration", benchmark_name(rcfg.calib_benchmark))(0.0)
     target = round(0.35 * reference.mean_thinking_tokens, 1)
@@ -358,7 +361,8 @@ def test_user_jsonl_accepts_prompt_or_question(tmp_path, word_tokenizer) -> None
     a, b = load_distillation_jsonl(path, word_tokenizer)
     assert a.prompt == "1 + 2 =" and b.prompt.startswith("Question: 2 + 2") and a.token_ids is None
     row = encode_example(word_tokenizer, a, 64)
-    assert row["input_ids"][-1] == word_tokenizer.eos_token_id and row["labels"][-2:] == [word_tokenizer.convert_tokens_to_ids("3"), word_tokenizer.eos_token_id]
+    input_ids, labels = row[0], collate([row], word_tokenizer.pad_token_id)["labels"][0].tolist()
+    assert input_ids[-1] == word_tokenizer.eos_token_id and labels[-2:] == [word_tokenizer.convert_tokens_to_ids("3"), word_tokenizer.eos_token_id]
     path.write_text(json.dumps({"text": "x"}) + "\n")
     with pytest.raises(DataFormatError, match="data.jsonl:1"):
         load_distillation_jsonl(path, word_tokenizer)
@@ -368,7 +372,7 @@ def test_cli_realign_parses_and_rejects_two_goals(capsys) -> None:
     from thinkctl.cli import build_parser
 
     args = build_parser().parse_args(["realign", "--target-tokens", "40", "--out", "runs/x", "--recipe", "recipes/tiny-trra.yaml", "--max-steps", "5"])
-    assert args.target_tokens == 40.0 and args.lam is None and args.max_steps == 5 and args.use_lora is None
+    assert args.target_tokens == 40.0 and args.lambda_ is None and args.max_steps == 5 and args.use_lora is None
     with pytest.raises(SystemExit):
         build_parser().parse_args(["realign", "--lambda", "0.5", "--target-tokens", "40", "--out", "runs/x"])
     assert "not allowed with argument" in capsys.readouterr().err

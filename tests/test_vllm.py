@@ -33,8 +33,8 @@ from vllm.exceptions import VLLMValidationError
 from tests.conftest_vllm import hf_inra_greedy, load_hf_inra, save_random_model, write_inra_checkpoint
 from thinkctl.errors import ConfigError, InvalidLambdaError
 from thinkctl.rollout import make_backend
-from thinkctl.rollout.base import SamplingConfig
 from thinkctl.rollout.hf import HFBackend
+from thinkctl.sampling import SamplingConfig
 from thinkctl.vllm_plugin import LAMBDA_KEY
 
 pytestmark = pytest.mark.vllm

@@ -1,17 +1,21 @@
-"""Benchmarks as lists of :class:`Problem`: the generated tiny task, MATH-500, GSM8K and AIME.
+"""Benchmarks as lists of :class:`Problem`, loaded by name from a registry or from a local file.
 
-Each named benchmark loads from the hub through ``datasets`` for users with a network, and every
-benchmark also loads from a local JSONL/JSON/parquet file, which is what offline machines and the
-tests use. Field names are normalised here once, so the rest of thinkctl sees one schema.
+Named benchmarks live in a registry: the hub benchmarks (MATH-500, GSM8K, AIME) register here and load
+through ``datasets`` for users with a network; other packages register their own (the generated tiny
+task registers itself from :mod:`thinkctl.tiny.benchmark`). Every benchmark can also be loaded from a
+local JSONL/JSON/parquet file, which is what offline machines and the tests use. Field names are
+normalised here once, so the rest of thinkctl sees one schema.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from thinkctl.answers import gold_answer
 from thinkctl.errors import DataFormatError
 from thinkctl.io import iter_jsonl
 
@@ -27,29 +31,26 @@ class Problem:
     source: str = ""
 
 
-#: hub dataset, config, split and field names for the named benchmarks
-HUB_BENCHMARKS: dict[str, dict[str, Any]] = {
-    "math500": {"path": "HuggingFaceH4/MATH-500", "name": None, "split": "test"},
-    "gsm8k": {"path": "openai/gsm8k", "name": "main", "split": "test"},
-    "aime": {"path": "HuggingFaceH4/aime_2024", "name": None, "split": "train"},
-}
+#: ``loader(split, limit, seed)`` → problems; ``limit`` may be None (the benchmark's own default)
+BenchmarkLoader = Callable[[str | None, int | None, int], list[Problem]]
 
-_QUESTION_KEYS = ("question", "problem", "prompt")
-_ANSWER_KEYS = ("answer", "gold", "solution")
-_ID_KEYS = ("id", "unique_id", "problem_id")
+_BENCHMARKS: dict[str, BenchmarkLoader] = {}
 
 
-def _gold_from(raw: str, key: str) -> str:
-    """Reduce a dataset's answer field to the final answer (GSM8K's ``#### x``, MATH's ``\\boxed{}``)."""
-    from thinkctl.grading import extract_boxed
+def register_benchmark(name: str, loader: BenchmarkLoader) -> None:
+    """Make ``load_benchmark(name, split, limit, seed)`` call ``loader(split, limit, seed)``."""
+    _BENCHMARKS[name] = loader
 
-    if "####" in raw:
-        return raw.rsplit("####", 1)[1].strip().replace(",", "")
-    if key == "solution":
-        boxed = extract_boxed(raw)
-        if boxed is not None:
-            return boxed
-    return raw.strip()
+
+#: record keys that hold the question, the gold answer and the id, in order of preference
+QUESTION_KEYS = ("question", "problem", "prompt")
+ANSWER_KEYS = ("answer", "gold", "solution")
+ID_KEYS = ("id", "unique_id", "problem_id")
+
+
+def first_key(record: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
+    """The first of ``keys`` that ``record`` has (the field a dataset uses for that role), else None."""
+    return next((k for k in keys if k in record), None)
 
 
 def _parse_level(value: Any) -> int | None:
@@ -63,16 +64,15 @@ def _parse_level(value: Any) -> int | None:
 
 def problem_from_record(record: dict[str, Any], index: int, source: str) -> Problem:
     """Normalise one raw record; ``source`` and ``index`` name it in errors (``file:line``)."""
-    question_key = next((k for k in _QUESTION_KEYS if k in record), None)
-    answer_key = next((k for k in _ANSWER_KEYS if k in record), None)
+    question_key, answer_key = first_key(record, QUESTION_KEYS), first_key(record, ANSWER_KEYS)
     if question_key is None or answer_key is None:
         missing = "a question field (question/problem/prompt)" if question_key is None else "an answer field (answer/gold/solution)"
         raise DataFormatError(f"{source}: record has no {missing}; keys are {sorted(record)}")
-    id_key = next((k for k in _ID_KEYS if k in record), None)
+    id_key = first_key(record, ID_KEYS)
     return Problem(
         id=str(record[id_key]) if id_key else str(index),
         question=str(record[question_key]),
-        answer=_gold_from(str(record[answer_key]), answer_key),
+        answer=gold_answer(str(record[answer_key]), from_solution=answer_key == "solution"),
         level=_parse_level(record.get("level")),
         source=source,
     )
@@ -99,46 +99,47 @@ def _load_local(path: Path) -> list[Problem]:
     raise DataFormatError(f"unsupported benchmark file type {suffix!r} for {path}: use .jsonl, .json or .parquet")
 
 
-def _load_hub(name: str, split: str | None) -> list[Problem]:
-    import datasets
+#: hub dataset, config and default split of the named benchmarks
+HUB_BENCHMARKS: dict[str, dict[str, Any]] = {
+    "math500": {"path": "HuggingFaceH4/MATH-500", "name": None, "split": "test"},
+    "gsm8k": {"path": "openai/gsm8k", "name": "main", "split": "test"},
+    "aime": {"path": "HuggingFaceH4/aime_2024", "name": None, "split": "train"},
+}
 
+
+def _hub_loader(name: str) -> BenchmarkLoader:
     spec = HUB_BENCHMARKS[name]
-    try:
-        ds = datasets.load_dataset(spec["path"], spec["name"], split=split or spec["split"])
-    except Exception as e:  # offline machines raise connection errors of several types
-        raise DataFormatError(
-            f"could not load {name} ({spec['path']}) from the hub: {e}. "
-            "Offline? Pass a local JSONL/parquet path with question/problem and answer fields instead."
-        ) from None
-    return [problem_from_record(rec, i, f"{spec['path']}[{i}]") for i, rec in enumerate(ds)]
+
+    def load(split: str | None, limit: int | None, seed: int) -> list[Problem]:
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(spec["path"], spec["name"], split=split or spec["split"])
+        except Exception as e:  # offline machines raise connection errors of several types
+            raise DataFormatError(
+                f"could not load {name} ({spec['path']}) from the hub: {e}. "
+                "Offline? Pass a local JSONL/parquet path with question/problem and answer fields instead."
+            ) from None
+        return [problem_from_record(rec, i, f"{spec['path']}[{i}]") for i, rec in enumerate(ds)]
+
+    return load
 
 
-def _load_tiny(split: str | None, limit: int | None, seed: int) -> list[Problem]:
-    from thinkctl.tiny.task import generate_problems
-
-    n = limit or 200
-    return [
-        Problem(p.id, p.question, p.answer, p.level, "tiny")
-        for p in generate_problems(n, seed=seed, split=split or "test")
-    ]
+_BENCHMARKS.update({name: _hub_loader(name) for name in HUB_BENCHMARKS})
 
 
 def load_benchmark(spec: str, split: str | None = None, limit: int | None = None, seed: int = 0) -> list[Problem]:
-    """Load ``spec`` ("tiny", "math500", "gsm8k", "aime", or a local file path).
+    """Load ``spec``: a registered benchmark ("tiny", "math500", "gsm8k", "aime") or a local file path.
 
     ``limit`` keeps the first ``limit`` problems (a fixed prefix, so runs with the same limit compare);
-    for the generated tiny task it is the number of problems generated.
+    a generated benchmark (tiny) generates that many, from ``seed``.
     """
-    if spec == "tiny":
-        problems = _load_tiny(split, limit, seed)
-    elif spec in HUB_BENCHMARKS:
-        problems = _load_hub(spec, split)
+    if spec in _BENCHMARKS:
+        problems = _BENCHMARKS[spec](split, limit, seed)
     else:
         path = Path(spec).expanduser()
         if not path.exists():
-            raise DataFormatError(
-                f"unknown benchmark {spec!r}: not one of tiny, {', '.join(HUB_BENCHMARKS)} and no such file"
-            )
+            raise DataFormatError(f"unknown benchmark {spec!r}: not one of {', '.join(sorted(_BENCHMARKS))} and no such file")
         problems = _load_local(path)
     if not problems:
         raise DataFormatError(f"benchmark {spec!r} has no problems")
@@ -150,8 +151,8 @@ def load_benchmark(spec: str, split: str | None = None, limit: int | None = None
 
 
 def benchmark_name(spec: str) -> str:
-    """The name records carry: the benchmark's own name, or a local file's stem."""
-    return spec if spec == "tiny" or spec in HUB_BENCHMARKS else Path(spec).stem
+    """The name records carry: a registered benchmark's own name, or a local file's stem."""
+    return spec if spec in _BENCHMARKS else Path(spec).stem
 
 
 def sample_problems(problems: list[Problem], n: int, seed: int = 0) -> list[Problem]:

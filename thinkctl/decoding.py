@@ -23,8 +23,9 @@ from typing import Any, Protocol
 
 import torch
 
+from thinkctl.batch import positions
 from thinkctl.fusion import fuse_logits
-from thinkctl.rollout.base import SamplingConfig
+from thinkctl.sampling import SamplingConfig
 
 
 class LogitStream(Protocol):
@@ -39,11 +40,6 @@ class GenerationResult:
 
     token_ids: list[list[int]]
     finish_reasons: list[str]
-
-
-def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids for a left-padded batch: 0 at each row's first real token (pads get 0 too)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 class _StreamState:
@@ -130,14 +126,14 @@ def fused_generate(
 
     live = needed()
     mask = attention_mask.clone()
-    positions = _positions(mask)
+    pos = positions(mask)
     for name in live:
-        streams[name].forward(input_ids, mask, positions)
+        streams[name].forward(input_ids, mask, pos)
 
     rows = torch.arange(batch, device=device)
     out_tokens: list[list[int]] = [[] for _ in range(batch)]
     finish = ["length"] * batch
-    last_pos = positions[:, -1]
+    last_pos = pos[:, -1]
     for step in range(sampling.max_new_tokens):
         z_ref = streams["ref"].logits if "ref" in live else None
         z_al = streams["aligned"].logits if "aligned" in live else None

@@ -5,6 +5,10 @@
 λ = 0 is the reference (slow thinker), λ = 1 the aligned model (fast thinker), λ in (0, 1) interpolates
 and λ > 1 (or < 0) extrapolates past either model. Everything else in thinkctl (fused decoding, the TrRa
 target, the InRa dual path, the vLLM plugin) calls these functions rather than re-deriving the formula.
+
+:func:`validate_lambda` is the one λ validator. It runs where a λ enters thinkctl (command-line flags
+through :func:`parse_lambda`, recipe keys, a rollout backend's ``generate`` call, a server request,
+a checkpoint's ``default_lambda``); code behind those boundaries trusts the value.
 """
 
 from __future__ import annotations
@@ -36,13 +40,16 @@ def validate_lambda(value: object) -> float:
     return lam
 
 
-def parse_lambda(text: str) -> float:
-    """Parse one λ from text (a CLI argument), naming the text when it is not a number."""
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise InvalidLambdaError(f"λ must be a number, got {text!r}") from None
-    return validate_lambda(value)
+
+
+def parse_lambda(text: str) -> float:
+    """Parse one λ from text (a CLI argument), naming the text when it is not a number."""
+    return validate_lambda(_number(text))
 
 
 def validate_lambda_grid(values: Iterable[object]) -> list[float]:
@@ -60,13 +67,17 @@ def validate_lambda_grid(values: Iterable[object]) -> list[float]:
 
 def parse_lambda_grid(text: str) -> list[float]:
     """Parse a comma-separated λ grid such as ``"0,0.5,1,1.5"`` (the CLI form)."""
-    return validate_lambda_grid(parse_lambda(p) for p in text.split(",") if p.strip())
+    return validate_lambda_grid(_number(p) for p in text.split(",") if p.strip())
 
 
 def _as_weight(lam: LambdaLike, like: torch.Tensor) -> torch.Tensor | float:
-    """λ as a scalar, or as a per-sequence tensor shaped to broadcast over ``like``'s trailing dims."""
+    """λ as a scalar, or as a per-sequence tensor shaped to broadcast over ``like``'s trailing dims.
+
+    A scalar was validated where it entered (a flag, a recipe, a request) and is trusted here; a
+    tensor is one value per row that some caller assembled, so its shape and finiteness are checked.
+    """
     if isinstance(lam, (int, float)) and not isinstance(lam, bool):
-        return validate_lambda(lam)
+        return float(lam)
     weights = torch.as_tensor(lam, dtype=like.dtype, device=like.device)
     if not torch.isfinite(weights).all():
         raise InvalidLambdaError(f"every λ must be finite, got {weights.tolist()}")

@@ -1,4 +1,4 @@
-"""Answer extraction, verifier grading with math-verify, and thinking-token counting.
+"""Verifier grading with math-verify, and thinking-token counting.
 
 Thinking tokens are the tokens between ``<think>`` and ``</think>``; when a chat template opens the
 think block in the prompt (as DeepSeek-R1's does) the response starts inside it, so counting runs from
@@ -8,58 +8,21 @@ of tokens: its finish reason says so).
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
+from thinkctl.answers import THINK_CLOSE, THINK_OPEN, extract_answer
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from thinkctl.data import Problem
     from thinkctl.rollout.base import Completion
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-_GSM8K_ANSWER = re.compile(r"####\s*([^\n]+)")
 VERIFY_TIMEOUT_S = 5
-
-
-def extract_boxed(text: str) -> str | None:
-    r"""The content of the last ``\boxed{...}`` in ``text``, braces balanced; None when absent."""
-    start = text.rfind("\\boxed")
-    while start != -1:
-        i = start + len("\\boxed")
-        while i < len(text) and text[i] == " ":
-            i += 1
-        if i < len(text) and text[i] == "{":
-            depth = 0
-            for j in range(i, len(text)):
-                if text[j] == "{":
-                    depth += 1
-                elif text[j] == "}":
-                    depth -= 1
-                    if depth == 0:
-                        return text[i + 1 : j].strip()
-            return None
-        start = text.rfind("\\boxed", 0, start)
-    return None
-
-
-def final_answer_text(text: str) -> str:
-    """The part of a response after the think block (the whole text if the block never closed)."""
-    return text.rsplit(THINK_CLOSE, 1)[1] if THINK_CLOSE in text else text
-
-
-def extract_answer(text: str) -> str | None:
-    r"""The final answer: the last ``\boxed{}`` after thinking, else a GSM8K ``#### x`` line."""
-    tail = final_answer_text(text)
-    boxed = extract_boxed(tail)
-    if boxed is not None:
-        return boxed
-    match = _GSM8K_ANSWER.findall(tail)
-    return match[-1].strip().replace(",", "") if match else None
 
 
 def _timeout() -> int | None:
@@ -101,18 +64,16 @@ def _special_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
     return set(tokenizer.all_special_ids)
 
 
-def grade(problem: Problem, completion: Completion, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
-    """The per-sample record fields that depend on the response (see ``thinkctl.sweep`` for the rest)."""
+@dataclass(frozen=True)
+class Grade:
+    """What grading says about one response: its extracted answer, whether it is right, how long it thought."""
+
+    answer: str | None
+    correct: bool
+    thinking_tokens: int
+
+
+def grade(completion: Completion, gold: str, tokenizer: PreTrainedTokenizerBase) -> Grade:
+    """Extract the answer of ``completion``, verify it against ``gold`` and count its thinking tokens."""
     answer = extract_answer(completion.text)
-    return {
-        "problem_id": problem.id,
-        "level": problem.level,
-        "lam": completion.lam,
-        "response": completion.text,
-        "answer": answer,
-        "gold": problem.answer,
-        "correct": is_correct(answer, problem.answer),
-        "thinking_tokens": count_thinking_tokens(completion.token_ids, tokenizer),
-        "total_tokens": completion.num_tokens,
-        "finish_reason": completion.finish_reason,
-    }
+    return Grade(answer, is_correct(answer, gold), count_thinking_tokens(completion.token_ids, tokenizer))

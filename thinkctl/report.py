@@ -1,5 +1,8 @@
 """Summaries of graded records (pandas), written atomically as CSV and Markdown, and plots (matplotlib).
 
+Records are read with :func:`thinkctl.records.load_records` and grouped with
+:func:`thinkctl.records.aggregate`; this module decides only what to group by and how to show it.
+
 A summary row is one (benchmark, method, λ): sample count, accuracy, mean and median thinking tokens,
 mean total tokens, and the thinking-token reduction against λ = 0 of the same benchmark and method.
 """
@@ -12,52 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from thinkctl.errors import DataFormatError
-from thinkctl.io import atomic_write_text, iter_jsonl
-
-REQUIRED_FIELDS = ("benchmark", "method", "problem_id", "lam", "correct", "thinking_tokens", "total_tokens")
-
-
-def drop_overlaps(df: pd.DataFrame) -> pd.DataFrame:
-    """Count each sample once when runs overlap (a realign run's reference rows are a sweep's λ=0 rows)."""
-    key = [c for c in ("benchmark", "method", "model", "problem_id", "lam", "sample", "route_point") if c in df.columns]
-    return df[~df[key].astype(str).duplicated()].reset_index(drop=True)
-
-
-def load_records(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
-    """Read per-sample records from JSONL files (or run directories holding ``results.jsonl``)."""
-    frames = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            path = path / "results.jsonl"
-        rows = list(iter_jsonl(path))
-        if not rows:
-            raise DataFormatError(f"{path} has no records")
-        for i, row in enumerate(rows, start=1):
-            missing = [f for f in REQUIRED_FIELDS if f not in row]
-            if missing:
-                raise DataFormatError(f"{path}: record {i} lacks field(s) {missing}")
-        frames.append(pd.DataFrame(rows))
-    if not frames:
-        raise DataFormatError("no result files given")
-    df = pd.concat(frames, ignore_index=True)
-    df["lam"] = df["lam"].astype(float)
-    df = drop_overlaps(df)
-    df["correct"] = df["correct"].astype(bool)
-    return df
-
+from thinkctl.io import atomic_write_text
+from thinkctl.records import aggregate, load_records, record_files
 
 def summarize(records: pd.DataFrame) -> pd.DataFrame:
     """One row per (benchmark, method, λ) with accuracy and token statistics (see module docstring)."""
-    grouped = records.groupby(["benchmark", "method", "lam"], sort=True)
-    summary = grouped.agg(
-        n=("correct", "size"),
-        accuracy=("correct", "mean"),
-        mean_thinking_tokens=("thinking_tokens", "mean"),
-        median_thinking_tokens=("thinking_tokens", "median"),
-        mean_total_tokens=("total_tokens", "mean"),
-    ).reset_index()
+    summary = aggregate(records, ["benchmark", "method", "lam"])
     base = summary[summary["lam"] == 0.0].set_index(["benchmark", "method"])["mean_thinking_tokens"]
     keys = pd.MultiIndex.from_frame(summary[["benchmark", "method"]])
     baseline = base.reindex(keys).to_numpy()
@@ -91,12 +54,7 @@ def write_summary(summary: pd.DataFrame, out_dir: str | os.PathLike[str]) -> tup
 
 def plot_sweep(summary: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Accuracy and mean thinking tokens against λ, one line per benchmark/method, saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
+    plt = _pyplot()
     fig, (ax_acc, ax_tok) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for (benchmark, method), group in summary.groupby(["benchmark", "method"]):
         group = group.sort_values("lam")
@@ -108,12 +66,7 @@ def plot_sweep(summary: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     for ax in (ax_acc, ax_tok):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _savefig(fig, Path(path))
 
 
 # ---------------------------------------------------------------- multi-run reports (accuracy/length trade-offs)
@@ -122,30 +75,6 @@ def plot_sweep(summary: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
 PARETO_PNG, LENGTHS_PNG, LEVELS_PNG = "pareto.png", "token_lengths.png", "accuracy_by_level.png"
 METHOD_ORDER = ("fused", "routed", "student", "inra", "plain")
 THINK_LABEL = "mean thinking tokens per query"
-
-
-def load_report_records(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
-    """:func:`load_records` per file, with field types checked so a bad file is named, not a plot crash."""
-    frames = []
-    for raw in paths:
-        df = load_records([raw])
-        for column in ("thinking_tokens", "total_tokens", "lam"):
-            bad = pd.to_numeric(df[column], errors="coerce").isna()
-            if bad.any():
-                i = int(bad.to_numpy().argmax())
-                raise DataFormatError(f"{raw}: record {i + 1} has a non-numeric {column} {df[column].iloc[i]!r}")
-        if not df["correct"].map(lambda v: isinstance(v, (bool, int)) or v in (0, 1)).all():
-            raise DataFormatError(f"{raw}: field 'correct' must be true/false in every record")
-        frames.append(df.assign(source=str(raw)))
-    if not frames:
-        raise DataFormatError("no result files given")
-    df = drop_overlaps(pd.concat(frames, ignore_index=True))
-    if "route_point" not in df.columns:
-        df["route_point"] = None
-    if "level" not in df.columns:
-        df["level"] = None
-    df["thinking_tokens"] = df["thinking_tokens"].astype(float)
-    return df
 
 
 def point_label(method: str, lam: float, route_point: object) -> str:
@@ -161,14 +90,9 @@ def point_summary(records: pd.DataFrame) -> pd.DataFrame:
         point=[point_label(m, lam, rp) for m, lam, rp in zip(records["method"], records["lam"], records["route_point"])],
         lam_key=records["lam"].where(records["method"] != "routed"),
     )
-    summary = df.groupby(["benchmark", "method", "point"], sort=False).agg(
-        lam=("lam_key", "first"),
-        n=("correct", "size"),
-        accuracy=("correct", "mean"),
-        mean_thinking_tokens=("thinking_tokens", "mean"),
-        median_thinking_tokens=("thinking_tokens", "median"),
-        mean_lam=("lam", "mean"),
-    ).reset_index()
+    keys = ["benchmark", "method", "point"]
+    lam = df.groupby(keys, sort=False).agg(lam=("lam_key", "first"), mean_lam=("lam", "mean")).reset_index()
+    summary = aggregate(df, keys, sort=False).merge(lam, on=keys)
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     summary["_m"] = summary["method"].map(lambda m: order.get(m, len(order)))
     return summary.sort_values(["benchmark", "_m", "method", "lam", "mean_thinking_tokens"]).drop(columns="_m").reset_index(drop=True)
@@ -345,17 +269,8 @@ def build_report(
     """
     import html
 
-    paths: list[Path] = []
-    for raw in run_dirs_or_files:
-        path = Path(raw)
-        if path.is_dir():
-            found = [p for p in (path / "results.jsonl", path / "routed.jsonl") if p.is_file()]
-            if not found:
-                raise DataFormatError(f"{path} holds no results.jsonl or routed.jsonl")
-            paths.extend(found)
-        else:
-            paths.append(path)
-    records = load_report_records(paths)
+    paths = record_files(run_dirs_or_files)
+    records = load_records(paths)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     points = point_summary(records)

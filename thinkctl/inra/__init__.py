@@ -4,7 +4,9 @@ See :mod:`thinkctl.inra.model` for the dual-path model, :mod:`thinkctl.inra.chec
 on-disk format and :mod:`thinkctl.inra.train` for DPO and TrRa-style distillation of the adapter.
 """
 
-from thinkctl.inra.checkpoint import is_inra_checkpoint, load_inra, load_inra_tokenizer, make_inra_backend, save_inra
+from thinkctl.inra.checkpoint import (
+    is_inra_checkpoint, load_inra, load_inra_tokenizer, make_inra_backend, open_inra_backend, save_inra,
+)
 from thinkctl.inra.model import SUPPORTED_MODEL_TYPES, DualCache, InRaModel, check_supported
 
 __all__ = [
@@ -16,5 +18,6 @@ __all__ = [
     "load_inra",
     "load_inra_tokenizer",
     "make_inra_backend",
+    "open_inra_backend",
     "save_inra",
 ]

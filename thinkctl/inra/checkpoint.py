@@ -30,6 +30,7 @@ from thinkctl.errors import ModelLoadError
 from thinkctl.inra.model import InRaModel, make_identity_layer
 from thinkctl.io import atomic_write_json
 from thinkctl.models import load_causal_lm, load_tokenizer, resolve_dtype
+from thinkctl.rollout import BackendConfig, RolloutBackend
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,17 @@ def load_inra_tokenizer(path: str | Path) -> Any:
     if (path / "tokenizer_config.json").is_file():
         return load_tokenizer(str(path))
     return load_tokenizer(read_inra_config(path)["inra"]["base_model"])
+
+
+def open_inra_backend(path: str | Path, backend: BackendConfig) -> RolloutBackend:
+    """The rollout backend ``backend`` describes over an InRa checkpoint.
+
+    vLLM loads the checkpoint as its own ``InRaForCausalLM`` (see :mod:`thinkctl.vllm_plugin`); the
+    transformers engine drives the two paths of :func:`load_inra` as a reference/aligned pair.
+    """
+    if backend.engine == "vllm":
+        return backend.open(str(path))
+    return make_inra_backend(path, backend.dtype, backend.device, backend.batch_size)
 
 
 def make_inra_backend(path: str | Path, dtype: str = "float32", device: str = "cpu", batch_size: int = 16) -> Any:

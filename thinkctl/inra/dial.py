@@ -11,25 +11,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from thinkctl.data import benchmark_name, load_benchmark
 from thinkctl.errors import ConfigError
-from thinkctl.inra.checkpoint import make_inra_backend
+from thinkctl.inra.checkpoint import open_inra_backend
 from thinkctl.io import atomic_write_json, atomic_write_text
-from thinkctl.sweep import SweepConfig, run_sweep
+from thinkctl.sweep import SweepConfig, run_sweep_config
 
 DIAL_LAMBDAS = (0.0, 0.5, 1.0, 1.5)
 
 
 def run_inra_sweep(cfg: SweepConfig, inra_path: str | Path, out_dir: str | Path) -> Path:
-    """Run the sweep described by ``cfg`` over the InRa checkpoint at ``inra_path``."""
-    if cfg.engine != "hf":
-        raise ConfigError(f"InRa sweeps run on the hf engine here; got engine={cfg.engine!r} (serve vLLM InRa with `thinkctl serve`)")
-    problems = load_benchmark(cfg.benchmark, split=cfg.split, limit=cfg.limit, seed=cfg.seed)
-    backend = make_inra_backend(inra_path, cfg.dtype, cfg.device, cfg.batch_size)
-    return run_sweep(
-        backend, problems, cfg.lambdas, cfg.sampling, out_dir,
-        benchmark=benchmark_name(cfg.benchmark), method="inra", model=str(inra_path), n_samples=cfg.n_samples,
-    )
+    """Run the sweep described by ``cfg`` over the InRa checkpoint at ``inra_path`` (method ``"inra"``)."""
+    return run_sweep_config(cfg, lambda: open_inra_backend(inra_path, cfg.backend), out_dir, method="inra", model=str(inra_path))
 
 
 def dial_check(summary: Any, lambdas: Sequence[float] = DIAL_LAMBDAS, min_reduction_pct: float = 40.0,

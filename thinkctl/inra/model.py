@@ -29,6 +29,7 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from thinkctl.batch import positions
 from thinkctl.errors import ConfigError, ModelLoadError
 from thinkctl.fusion import LambdaLike, fuse_logits, validate_lambda
 
@@ -90,11 +91,6 @@ class DualCache:
 
     def get_seq_length(self) -> int:
         return self.base.get_seq_length()
-
-
-def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids counting real tokens only (left or right padding); matches fused_generate."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 class InRaModel(nn.Module):
@@ -258,16 +254,16 @@ class InRaModel(nn.Module):
         """Full-sequence logits of the requested paths (no cache); the original path runs without grad."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        positions = _positions(attention_mask)
+        pos = positions(attention_mask)
         out: dict[str, torch.Tensor] = {}
         if "original" in paths:
             with torch.no_grad():
                 out["original"] = self.base(
-                    input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
+                    input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False
                 ).logits
         if "adapter" in paths:
             out["adapter"] = self.adapter_forward(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False
             ).logits
         return out
 
@@ -283,8 +279,6 @@ class InRaModel(nn.Module):
         adapter-path forward. ``lam`` defaults to the model's ``default_lambda``.
         """
         lam = self.default_lambda if lam is None else lam
-        if isinstance(lam, (int, float)):
-            lam = validate_lambda(lam)
         weights = torch.as_tensor(lam, dtype=torch.float32)
         paths = tuple(p for p, needed in (("adapter", bool((weights != 0).any())), ("original", bool((weights != 1).any()))) if needed)
         z = self.path_logits(input_ids, attention_mask, paths)

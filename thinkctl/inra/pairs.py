@@ -16,7 +16,8 @@ from typing import Any
 from thinkctl.data import Problem, render_prompt
 from thinkctl.grading import grade
 from thinkctl.io import atomic_write_text, read_jsonl
-from thinkctl.rollout.base import RolloutBackend, SamplingConfig
+from thinkctl.rollout.base import RolloutBackend
+from thinkctl.sampling import SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +67,10 @@ def collect_rollouts(
     groups: list[list[Rollout]] = [[] for _ in problems]
     for lam in lambdas:
         for s in range(n_samples):
-            s_sampling = SamplingConfig(sampling.max_new_tokens, sampling.temperature, sampling.top_p, sampling.seed + 1000 * s)
-            for i, completion in enumerate(backend.generate(prompts, lam, s_sampling)):
-                record = grade(problems[i], completion, tokenizer)
+            for i, completion in enumerate(backend.generate(prompts, lam, sampling.derive(1000 * s))):
+                graded = grade(completion, problems[i].answer, tokenizer)
                 groups[i].append(
-                    Rollout(prompts[i], list(completion.token_ids), bool(record["correct"]), int(record["thinking_tokens"]), completion.finish_reason)
+                    Rollout(prompts[i], list(completion.token_ids), graded.correct, graded.thinking_tokens, completion.finish_reason)
                 )
     return groups
 

@@ -12,9 +12,10 @@ sequence log-probs never change during training, so they are computed once when 
   :func:`dpo_loss` (tested against a float64 reference) and TRL's ``selective_log_softmax`` computes
   the per-token log-probs.
 * ``method="distill"``: the adapter path is distilled towards the fused teacher
-  ``fuse(z_teacher, z_base, teacher_lambda)`` with the TrRa loss from :mod:`thinkctl.trra.loss`
-  (``loss_kind``: forward_kl | reverse_kl | jsd), on
-  sequences decoded from the fused pair at ``rollout_lambdas`` (covering the states the dial visits).
+  ``fuse(z_teacher, z_base, teacher_lambda)`` with TrRa's loss (:func:`thinkctl.losses.fused_kd_loss`,
+  the logits form: both paths' logits are computed here anyway; ``divergence``: forward_kl |
+  reverse_kl | jsd), on sequences decoded from the fused pair at ``rollout_lambdas`` (covering the
+  states the dial visits).
 
 Runs checkpoint every ``save_steps`` (adapter + optimizer + scheduler + step) and resume from the
 latest checkpoint in ``output_dir``; the rollouts are cached in ``output_dir/rollouts.jsonl``.
@@ -25,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +36,18 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 from trl.trainer.utils import selective_log_softmax
 
+from thinkctl.batch import IGNORE_INDEX, Example, collate, encode, positions
+from thinkctl.config import group, lambda_grid_option, lambda_option, option
 from thinkctl.data import load_benchmark
 from thinkctl.errors import ConfigError
-from thinkctl.fusion import validate_lambda, validate_lambda_grid
 from thinkctl.inra.checkpoint import load_adapter_weights, save_inra
 from thinkctl.inra.model import InRaModel
 from thinkctl.inra.pairs import Rollout, collect_rollouts, load_rollouts, preference_pair, save_rollouts
 from thinkctl.io import atomic_write_json
+from thinkctl.losses import divergence_option, fused_kd_loss, jsd_beta_option, validate_divergence
 from thinkctl.models import load_causal_lm, load_tokenizer
-from thinkctl.rollout.base import SamplingConfig
 from thinkctl.rollout.hf import HFBackend
-from thinkctl.trra.loss import naive_fused_kd_loss, validate_divergence
+from thinkctl.sampling import SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -56,37 +58,41 @@ STATE_FILE = "trainer_state.pt"
 
 @dataclass
 class InRaTrainConfig:
-    """The ``inra:`` section of a recipe; names follow ``transformers.TrainingArguments`` where they overlap."""
+    """The ``inra:`` section of a recipe; names follow ``transformers.TrainingArguments`` where they overlap.
 
-    base: str = ""
-    output_dir: str = "runs/inra"
-    method: str = "distill"
-    teacher: str | None = None
-    teacher_lambda: float = 1.0
-    loss_kind: str = "forward_kl"
-    beta: float = 0.1
-    num_adapter_layers: int = 1
-    benchmark: str = "tiny"
-    split: str | None = "train"
-    limit: int | None = 256
-    rollout_lambdas: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
-    rollout_samples: int = 1
-    rollout_temperature: float = 0.0
-    rollout_max_new_tokens: int = 512
-    rollout_batch_size: int = 32
-    max_length: int = 384
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 10
-    max_steps: int = 200
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float = 1.0
-    logging_steps: int = 10
-    save_steps: int = 50
-    seed: int = 0
-    dtype: str = "float32"
-    device: str = "cpu"
+    Training rollouts are sampled with ``rollout`` (recipe keys ``rollout_max_new_tokens``,
+    ``rollout_temperature``, ``rollout_top_p``, ``rollout_seed``).
+    """
+
+    base: str = option("", "base (reference) model the adapter is added to: hub name or path")
+    output_dir: str = option("runs/inra", "run directory; the checkpoint lands in OUTPUT_DIR/final")
+    method: str = option("distill", "distill (towards the fused teacher) or dpo (shorter correct thinking)", choices=METHODS)
+    teacher: str | None = option(None, "aligned model the fused distillation target uses")
+    teacher_lambda: float = lambda_option(1.0, "λ of the fused distillation target")
+    divergence: str = divergence_option(renamed_from=("loss_kind",))
+    jsd_beta: float = jsd_beta_option()
+    beta: float = option(0.1, "DPO β (strength of the preference against the frozen base)")
+    num_adapter_layers: int = option(1, "identity-initialised adapter layers in front of the base's layers")
+    benchmark: str = option("tiny", "benchmark whose problems the rollouts answer")
+    split: str | None = option("train", "its split")
+    limit: int | None = option(256, "problems to roll out on")
+    rollout_lambdas: list[float] = lambda_grid_option((0.0, 0.5, 1.0), "λ values the distillation rollouts are decoded at")
+    rollout_samples: int = option(1, "rollouts per problem and λ (DPO needs ≥ 2)")
+    rollout: SamplingConfig = group(SamplingConfig, prefix="rollout_")
+    rollout_batch_size: int = option(32, "prompts generated together in the rollouts")
+    max_length: int = option(384, "prompt + response tokens kept per training sequence")
+    learning_rate: float = option(1e-3, "peak learning rate (AdamW)")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    warmup_steps: int = option(10, "linear warmup steps")
+    max_steps: int = option(200, "optimizer steps")
+    per_device_train_batch_size: int = option(8, "sequences (DPO: pairs) per micro-batch")
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
+    max_grad_norm: float = option(1.0, "gradient clipping norm")
+    logging_steps: int = option(10, "log the loss every this many steps")
+    save_steps: int = option(50, "checkpoint every this many steps (resumable after a kill)")
+    seed: int = option(0, "training seed (problems, data order)")
+    dtype: str = option("float32", "model precision", choices=("float32", "bfloat16", "float16"))
+    device: str = option("cpu", "training device: cpu, cuda, …")
 
     def __post_init__(self) -> None:
         if not self.base:
@@ -95,9 +101,7 @@ class InRaTrainConfig:
             raise ConfigError(f"inra: method must be one of {list(METHODS)}, got {self.method!r}")
         if self.method == "distill" and not self.teacher:
             raise ConfigError("inra: method 'distill' needs `teacher` (the aligned model the fused target uses)")
-        self.teacher_lambda = validate_lambda(self.teacher_lambda)
-        validate_divergence(self.loss_kind)
-        self.rollout_lambdas = validate_lambda_grid(self.rollout_lambdas)
+        validate_divergence(self.divergence, self.jsd_beta)
         for name in ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "num_adapter_layers", "rollout_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"inra: {name} must be ≥ 1, got {getattr(self, name)}")
@@ -112,6 +116,11 @@ def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, completion_mas
     """Sum of log p(token) over completion tokens, per row (logits at t predict the token at t+1)."""
     per_token = selective_log_softmax(logits[:, :-1].float(), input_ids[:, 1:])
     return (per_token * completion_mask[:, 1:]).sum(dim=-1)
+
+
+def _completion_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """1 on response tokens, 0 on prompt and padding (the collated labels' non-ignored positions)."""
+    return (batch["labels"] != IGNORE_INDEX).long()
 
 
 def dpo_loss(
@@ -129,25 +138,14 @@ def dpo_loss(
 # --- data ------------------------------------------------------------------------------------------------
 
 
-def encode(tokenizer: Any, rollout: Rollout, max_length: int) -> tuple[list[int], list[int]]:
-    """Prompt + response token ids (truncated to ``max_length``) and the response-token mask."""
-    prompt = tokenizer(rollout.prompt, add_special_tokens=False)["input_ids"]
-    ids = (prompt + rollout.token_ids)[:max_length]
-    mask = ([0] * len(prompt) + [1] * len(rollout.token_ids))[:max_length]
-    return ids, mask
+def encode_rollout(tokenizer: Any, rollout: Rollout, max_length: int) -> Example:
+    """Prompt + response token ids (truncated to ``max_length``) and the prompt length."""
+    return encode(tokenizer, rollout.prompt, rollout.token_ids, max_length)
 
 
-def collate(rows: list[tuple[list[int], list[int]]], pad_id: int, device: str) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``completion_mask`` tensors."""
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    completion = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (ids, mask) in enumerate(rows):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        attention[i, : len(ids)] = 1
-        completion[i, : len(mask)] = torch.tensor(mask)
-    return {"input_ids": input_ids.to(device), "attention_mask": attention.to(device), "completion_mask": completion.to(device)}
+def _inputs(rows: list[Example], pad_id: int, device: str) -> dict[str, torch.Tensor]:
+    """A collated batch on ``device``."""
+    return {k: v.to(device) for k, v in collate(rows, pad_id).items()}
 
 
 def build_rollouts(cfg: InRaTrainConfig, base: Any, teacher: Any, tokenizer: Any, path: Path) -> list[list[Rollout]]:
@@ -161,9 +159,8 @@ def build_rollouts(cfg: InRaTrainConfig, base: Any, teacher: Any, tokenizer: Any
         return load_rollouts(path)
     problems = load_benchmark(cfg.benchmark, cfg.split, cfg.limit, cfg.seed)
     backend = HFBackend(base, teacher, tokenizer, batch_size=cfg.rollout_batch_size, device=cfg.device)
-    sampling = SamplingConfig(cfg.rollout_max_new_tokens, cfg.rollout_temperature, 1.0, cfg.seed)
     lambdas = [0.0] if cfg.method == "dpo" else cfg.rollout_lambdas
-    groups = collect_rollouts(backend, problems, lambdas, cfg.rollout_samples, sampling, tokenizer)
+    groups = collect_rollouts(backend, problems, lambdas, cfg.rollout_samples, cfg.rollout, tokenizer)
     save_rollouts(path, groups)
     return groups
 
@@ -181,11 +178,11 @@ class _Examples:
             pairs = [p for p in (preference_pair(g) for g in groups) if p is not None]
             if not pairs:
                 raise ConfigError("inra: the rollouts gave no preference pairs (no prompt had a correct answer to prefer)")
-            self.rows = [(encode(tokenizer, c, cfg.max_length), encode(tokenizer, r, cfg.max_length)) for c, r in pairs]
+            self.rows = [(encode_rollout(tokenizer, c, cfg.max_length), encode_rollout(tokenizer, r, cfg.max_length)) for c, r in pairs]
             self.ref_logps = self._reference_logps(model)
             log.info("DPO: %d preference pairs from %d prompts", len(self.rows), len(groups))
         else:
-            self.rows = [encode(tokenizer, r, cfg.max_length) for g in groups for r in g]
+            self.rows = [encode_rollout(tokenizer, r, cfg.max_length) for g in groups for r in g]
             log.info("distill: %d sequences", len(self.rows))
 
     @torch.no_grad()
@@ -195,9 +192,9 @@ class _Examples:
         bs = self.cfg.per_device_train_batch_size
         for start in range(0, len(self.rows), bs):
             batch = self.rows[start : start + bs]
-            inputs = collate([c for c, _ in batch] + [r for _, r in batch], self.pad_id, self.cfg.device)
+            inputs = _inputs([c for c, _ in batch] + [r for _, r in batch], self.pad_id, self.cfg.device)
             logits = model.path_logits(inputs["input_ids"], inputs["attention_mask"], ("original",))["original"]
-            logps = sequence_logps(logits, inputs["input_ids"], inputs["completion_mask"])
+            logps = sequence_logps(logits, inputs["input_ids"], _completion_mask(inputs))
             out.append(torch.stack(logps.chunk(2), dim=-1))
         return torch.cat(out).cpu()
 
@@ -224,20 +221,21 @@ def compute_loss(
     """The loss of one micro-batch and a few numbers worth logging."""
     if cfg.method == "dpo":
         rows = [examples.rows[i] for i in idx]
-        inputs = collate([c for c, _ in rows] + [r for _, r in rows], examples.pad_id, cfg.device)
+        inputs = _inputs([c for c, _ in rows] + [r for _, r in rows], examples.pad_id, cfg.device)
         logits = model.path_logits(inputs["input_ids"], inputs["attention_mask"], ("adapter",))["adapter"]
-        chosen, rejected = sequence_logps(logits, inputs["input_ids"], inputs["completion_mask"]).chunk(2)
+        chosen, rejected = sequence_logps(logits, inputs["input_ids"], _completion_mask(inputs)).chunk(2)
         ref = examples.ref_logps[idx].to(chosen.device)
         losses = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], cfg.beta)
         margin = ((chosen - ref[:, 0]) - (rejected - ref[:, 1])).mean().item() * cfg.beta
         return losses.mean(), {"reward_margin": margin}
-    inputs = collate([examples.rows[i] for i in idx], examples.pad_id, cfg.device)
+    inputs = _inputs([examples.rows[i] for i in idx], examples.pad_id, cfg.device)
     z = model.path_logits(inputs["input_ids"], inputs["attention_mask"])
     with torch.no_grad():
-        positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-        z_teacher = teacher(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], position_ids=positions).logits
-    mask = inputs["completion_mask"][:, 1:]
-    loss = naive_fused_kd_loss(z["adapter"][:, :-1], z["original"][:, :-1], z_teacher[:, :-1], mask, cfg.teacher_lambda, cfg.loss_kind)
+        z_teacher = teacher(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                            position_ids=positions(inputs["attention_mask"])).logits
+    mask = _completion_mask(inputs)[:, 1:]
+    loss = fused_kd_loss(z["adapter"][:, :-1], z["original"][:, :-1], z_teacher[:, :-1], mask, cfg.teacher_lambda,
+                         cfg.divergence, cfg.jsd_beta)
     return loss, {}
 
 

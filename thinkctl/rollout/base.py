@@ -12,33 +12,12 @@ one meaning across engines:
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from thinkctl.errors import ConfigError
 from thinkctl.fusion import validate_lambda
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How to pick each next token; ``temperature == 0`` means greedy."""
-
-    max_new_tokens: int = 512
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
+from thinkctl.sampling import SamplingConfig
 
 
 @dataclass
@@ -57,7 +36,11 @@ class Completion:
 
 
 def broadcast_lambdas(lam: float | Sequence[float], n: int) -> list[float]:
-    """One validated λ per prompt, from a single λ or a list of exactly ``n``."""
+    """One validated λ per prompt, from a single λ or a list of exactly ``n``.
+
+    Backends call this first in ``generate``: a backend call is where a λ from Python code enters, so
+    it is validated here once and trusted by decoding and fusion behind it.
+    """
     if isinstance(lam, (int, float)) and not isinstance(lam, bool):
         return [validate_lambda(lam)] * n
     lams = [validate_lambda(x) for x in lam]
@@ -80,3 +63,12 @@ class RolloutBackend(abc.ABC):
 
     def close(self) -> None:
         """Release engines and memory; the default has nothing to release."""
+
+
+#: engine name → ``factory(reference, aligned, **kwargs)``; see :func:`thinkctl.rollout.make_backend`
+ENGINES: dict[str, Callable[..., RolloutBackend]] = {}
+
+
+def register_engine(name: str, factory: Callable[..., RolloutBackend]) -> None:
+    """Make ``make_backend(name, ...)`` call ``factory(reference, aligned, **kwargs)``."""
+    ENGINES[name] = factory

@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
+from thinkctl.batch import pad
 from thinkctl.decoding import LogitStream, fused_generate
 from thinkctl.models import check_same_vocab, load_causal_lm, load_tokenizer
-from thinkctl.rollout.base import Completion, RolloutBackend, SamplingConfig, broadcast_lambdas
+from thinkctl.rollout.base import Completion, RolloutBackend, broadcast_lambdas
+from thinkctl.sampling import SamplingConfig
 
 
 class HFBackend(RolloutBackend):
@@ -69,12 +70,10 @@ class HFBackend(RolloutBackend):
         results: dict[int, Completion] = {}
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         for b, idx in enumerate(tqdm(batches, desc="generate", unit="batch", disable=not self.progress or len(batches) < 2)):
-            input_ids, mask = self._left_pad([encoded[i] for i in idx])
-            batch_sampling = sampling
-            if not sampling.greedy:
-                batch_sampling = SamplingConfig(sampling.max_new_tokens, sampling.temperature, sampling.top_p, sampling.seed + b)
+            input_ids, mask = pad([encoded[i] for i in idx], self.tokenizer.pad_token_id, left=True)
             out = fused_generate(
-                self.reference, self.aligned, input_ids, mask, [lams[i] for i in idx], batch_sampling, self.stop_token_ids
+                self.reference, self.aligned, input_ids.to(self.device), mask.to(self.device), [lams[i] for i in idx],
+                sampling.derive(b), self.stop_token_ids,
             )
             for row, i in enumerate(idx):
                 ids = out.token_ids[row]
@@ -85,13 +84,3 @@ class HFBackend(RolloutBackend):
                     lam=lams[i],
                 )
         return [results[i] for i in range(len(prompts))]
-
-    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r) :] = 1
-        return ids.to(self.device), mask.to(self.device)

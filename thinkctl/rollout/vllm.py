@@ -24,8 +24,8 @@ from typing import Any
 
 from thinkctl.errors import ConfigError, ModelLoadError
 from thinkctl.models import check_same_vocab, load_tokenizer
-from thinkctl.rollout import register_engine
-from thinkctl.rollout.base import Completion, RolloutBackend, SamplingConfig, broadcast_lambdas
+from thinkctl.rollout.base import Completion, RolloutBackend, broadcast_lambdas, register_engine
+from thinkctl.sampling import SamplingConfig
 from thinkctl.vllm_plugin import LAMBDA_KEY, PROCESSOR_FQCN, ensure_registered
 
 try:
@@ -121,7 +121,7 @@ class VLLMBackend(RolloutBackend):
             n=1,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
-            seed=None if sampling.greedy else sampling.seed + index,
+            seed=None if sampling.greedy else sampling.derive(index).seed,
             max_tokens=sampling.max_new_tokens,
             stop_token_ids=self.stop_token_ids,
             detokenize=False,

@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from thinkctl.errors import ConfigError, DataFormatError
+from thinkctl.records import SampleRecord
 from thinkctl.router.budget import allocate_budget
 from thinkctl.router.policy import Router, _as_frame, select_sweep, sweep_table
 
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RouteEvaluation:
-    """``fixed``: one row per λ; ``table``: one row per routing policy; ``records``: looked-up routed records."""
+    """``fixed``: one row per λ; ``table``: one row per routing policy; ``records``: looked-up routed records
+    (:class:`thinkctl.records.SampleRecord` dicts with ``method = "routed"`` and the policy's ``route_point``)."""
 
     fixed: pd.DataFrame
     table: pd.DataFrame
@@ -109,9 +111,10 @@ def evaluate_routing(
             continue
         choices.append((f"{kind} budget={budget:.1f}", alloc.choice, alloc.predicted_mean_tokens))
 
-    by_key: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
-    for r in df.to_dict("records"):
-        by_key[(str(r["problem_id"]), float(r["lam"]))].append(r)
+    by_key: dict[tuple[str, float], list[SampleRecord]] = defaultdict(list)
+    for row in df.to_dict("records"):
+        record = SampleRecord.from_dict(row)
+        by_key[(record.problem_id, record.lam)].append(record)
     rows, routed = [], []
     rows_idx = np.arange(len(ids))
     for label, choice, predicted in choices:
@@ -123,11 +126,5 @@ def evaluate_routing(
                      "fixed_accuracy_at_tokens": base, "gain": acc - base})
         for pid, j in zip(ids, choice):
             for r in by_key[(pid, router.lambdas[j])]:
-                routed.append({**_native(r), "method": "routed", "route_point": label, "route_estimator": kind})
+                routed.append(replace(r, method="routed", route_point=label, route_estimator=kind).to_dict())
     return RouteEvaluation(fixed, pd.DataFrame(rows), routed)
-
-
-
-def _native(record: Mapping[str, Any]) -> dict[str, Any]:
-    """A record fit for JSON: pandas' NaN for a missing field (e.g. no level) becomes null again."""
-    return {k: None if isinstance(v, float) and v != v else v for k, v in record.items()}

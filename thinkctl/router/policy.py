@@ -33,6 +33,7 @@ import pandas as pd
 from thinkctl.errors import ConfigError, DataFormatError
 from thinkctl.fusion import validate_lambda_grid
 from thinkctl.io import atomic_write_text
+from thinkctl.records import aggregate, records_frame
 from thinkctl.router.features import FEATURE_NAMES, TEXT_FEATURES, feature_matrix, query_features
 
 POLICY_FORMAT = "thinkctl-router"
@@ -108,13 +109,8 @@ class SweepTable:
 
 
 def _as_frame(records: pd.DataFrame | Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    df = records if isinstance(records, pd.DataFrame) else pd.DataFrame(list(records))
-    if df.empty:
-        raise DataFormatError("no sweep records given")
-    missing = [c for c in ("problem_id", "lam", "correct", "thinking_tokens", "method", "benchmark") if c not in df.columns]
-    if missing:
-        raise DataFormatError(f"sweep records lack field(s) {missing}")
-    return df
+    """Records as :func:`thinkctl.records.load_records` returns them (mappings are checked as records)."""
+    return records if isinstance(records, pd.DataFrame) else records_frame(records)
 
 
 def select_sweep(df: pd.DataFrame, method: str | None = None, benchmark: str | None = None) -> pd.DataFrame:
@@ -143,9 +139,7 @@ def sweep_table(
     """Group a sweep by problem: ``questions`` (problem_id → text) and ``signals`` (problem_id → {name: value})
     supply features records do not carry; ``level`` comes from the records."""
     df = select_sweep(_as_frame(records), method, benchmark)
-    df = df.assign(problem_id=df["problem_id"].astype(str), lam=df["lam"].astype(float),
-                   correct=df["correct"].astype(float), thinking_tokens=df["thinking_tokens"].astype(float))
-    lambdas = validate_lambda_grid(sorted(df["lam"].unique()))
+    lambdas = sorted(float(lam) for lam in df["lam"].unique())
     ids = sorted(df["problem_id"].unique(), key=_natural_key)
     if questions is not None:
         missing = [i for i in ids if i not in questions]
@@ -154,12 +148,10 @@ def sweep_table(
                 f"{len(missing)} problem id(s) of the sweep have no question text (first: {missing[0]!r}); "
                 "pass the benchmark the sweep ran on"
             )
-    agg = df.groupby(["problem_id", "lam"]).agg(correct=("correct", "mean"), tokens=("thinking_tokens", "mean"),
-                                                 count=("correct", "size"))
-    index = pd.MultiIndex.from_product([ids, lambdas], names=["problem_id", "lam"])
-    agg = agg.reindex(index)
+    agg = aggregate(df, ["problem_id", "lam"]).set_index(["problem_id", "lam"])
+    agg = agg.reindex(pd.MultiIndex.from_product([ids, lambdas], names=["problem_id", "lam"]))
     shape = (len(ids), len(lambdas))
-    levels = df.groupby("problem_id")["level"].first() if "level" in df.columns else pd.Series(dtype=float)
+    levels = df.groupby("problem_id")["level"].first()
     features = []
     for pid in ids:
         level = levels.get(pid)
@@ -168,8 +160,8 @@ def sweep_table(
         features.append(feats)
     return SweepTable(
         problem_ids=ids, lambdas=lambdas, features=features,
-        correct=agg["correct"].to_numpy().reshape(shape), tokens=agg["tokens"].to_numpy().reshape(shape),
-        count=agg["count"].fillna(0).to_numpy().reshape(shape),
+        correct=agg["accuracy"].to_numpy(dtype=float).reshape(shape), tokens=agg["mean_thinking_tokens"].to_numpy().reshape(shape),
+        count=agg["n"].fillna(0).to_numpy().reshape(shape),
         benchmark=str(df["benchmark"].iloc[0]), method=str(df["method"].iloc[0]),
     )
 

@@ -9,8 +9,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from thinkctl.data import ID_KEYS, QUESTION_KEYS, first_key, load_benchmark
 from thinkctl.errors import DataFormatError
 from thinkctl.io import atomic_write_text, iter_jsonl
+from thinkctl.records import load_records
 from thinkctl.router.budget import allocate_budget
 from thinkctl.router.evaluate import RouteEvaluation, evaluate_routing
 from thinkctl.router.features import prompt_entropy, query_features
@@ -18,14 +20,9 @@ from thinkctl.router.policy import Router, fit_router
 
 log = logging.getLogger(__name__)
 
-QUESTION_KEYS = ("question", "problem", "prompt")
-ID_KEYS = ("id", "problem_id", "unique_id")
-
 
 def load_questions(spec: str, split: str | None = None, limit: int | None = None, seed: int = 0) -> dict[str, str]:
     """problem_id → question text of the benchmark a sweep ran on (records carry ids, not texts)."""
-    from thinkctl.data import load_benchmark
-
     return {p.id: p.question for p in load_benchmark(spec, split=split, limit=limit, seed=seed)}
 
 
@@ -39,12 +36,6 @@ def entropy_signals(model_path: str, questions: Mapping[str, str], gen_tokens: i
     ids = list(questions)
     values = prompt_entropy(model, tokenizer, [questions[i] for i in ids], gen_tokens=gen_tokens)
     return {i: {"entropy": v} for i, v in zip(ids, values)}
-
-
-def _records(paths: Sequence[str | os.PathLike[str]]):
-    from thinkctl.report import load_records
-
-    return load_records(paths)
 
 
 def route_fit(
@@ -61,7 +52,7 @@ def route_fit(
     features: Sequence[str] | None = None,
 ) -> Router:
     """Fit a router on sweep result files and save its policy to ``out``."""
-    records = _records(sweep)
+    records = load_records(sweep)
     signals = None
     if entropy_model is not None:
         if questions is None:
@@ -79,10 +70,10 @@ def read_queries(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Queries to route from JSONL: a question (question/problem/prompt), optional id, level and signals."""
     out = []
     for lineno, rec in enumerate(iter_jsonl(path), start=1):
-        key = next((k for k in QUESTION_KEYS if k in rec), None)
+        key, id_key = first_key(rec, QUESTION_KEYS), first_key(rec, ID_KEYS)
         if key is None:
             raise DataFormatError(f"{path}:{lineno}: record has no question field (one of {list(QUESTION_KEYS)})")
-        qid = next((str(rec[k]) for k in ID_KEYS if k in rec), str(lineno))
+        qid = str(rec[id_key]) if id_key else str(lineno)
         out.append({"id": qid, "question": str(rec[key]), "level": rec.get("level"), "entropy": rec.get("entropy")})
     if not out:
         raise DataFormatError(f"{path} has no queries")
@@ -134,7 +125,7 @@ def route_eval(
 ) -> RouteEvaluation:
     """Evaluate a policy on a held-out sweep; writes ``routed.jsonl`` (for reports) and ``route_eval.md/csv``."""
     router = Router.load(policy)
-    records = _records(sweep)
+    records = load_records(sweep)
     signals = None
     if "entropy" in router.estimator.features and router.meta.get("entropy_model"):
         if questions is None:

@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+from thinkctl.batch import collate
 from thinkctl.data import Problem, load_benchmark, render_prompt
 from thinkctl.io import atomic_write_json
 from thinkctl.tiny.task import TASK_VERSION, TinyProblem, generate_problems, long_trace, short_trace
@@ -126,19 +127,6 @@ def encode_examples(
     return out
 
 
-def _batch(examples: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded inputs with labels only on response tokens (prompt and padding are -100)."""
-    width = max(len(ids) for ids, _ in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full_like(input_ids, -100)
-    mask = torch.zeros_like(input_ids)
-    for i, (ids, n_prompt) in enumerate(examples):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        labels[i, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
-        mask[i, : len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
-
-
 def train_lm(
     model: Qwen2ForCausalLM,
     examples: list[tuple[list[int], int]],
@@ -160,7 +148,7 @@ def train_lm(
     losses = []
     bar = tqdm(range(steps), desc=desc, unit="step")
     for _ in bar:
-        batch = _batch(rng.sample(examples, cfg.batch_size), pad_id)
+        batch = collate(rng.sample(examples, cfg.batch_size), pad_id)
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -187,9 +175,10 @@ def _save(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, path: Pat
 
 def evaluate(path: Path, problems: list[Problem]) -> dict[str, float]:
     """Greedy accuracy and mean thinking tokens of a saved model on held-out problems (the real stack)."""
-    from thinkctl.report import load_records, summarize
-    from thinkctl.rollout.base import SamplingConfig
+    from thinkctl.records import load_records
+    from thinkctl.report import summarize
     from thinkctl.rollout.hf import HFBackend
+    from thinkctl.sampling import SamplingConfig
     from thinkctl.sweep import run_sweep
 
     backend = HFBackend.from_paths(str(path), batch_size=64)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from thinkctl.data import Problem
 from thinkctl.errors import ConfigError, ThinkctlError
-from thinkctl.fusion import validate_lambda, validate_lambda_grid
-from thinkctl.rollout.base import RolloutBackend, SamplingConfig
+from thinkctl.rollout.base import RolloutBackend
+from thinkctl.sampling import SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +91,11 @@ def calibrate_lambda(
     """
     if target_tokens <= 0:
         raise ConfigError(f"target thinking tokens must be positive, got {target_tokens}")
-    grid = sorted(validate_lambda_grid(grid))
+    grid = sorted(float(lam) for lam in grid)
     measured: dict[float, LengthPoint] = {}
 
     def at(lam: float) -> LengthPoint:
-        lam = round(validate_lambda(lam), 3)
+        lam = round(lam, 3)
         if lam not in measured:
             measured[lam] = measure(lam)
             log.info("calibration λ=%g: %.1f thinking tokens, accuracy %.3f", lam, measured[lam].mean_thinking_tokens, measured[lam].accuracy)
@@ -144,14 +144,14 @@ def backend_measure(
     backend: RolloutBackend, problems: Sequence[Problem], sampling: SamplingConfig, out_dir: str | Path, benchmark: str
 ) -> Callable[[float], LengthPoint]:
     """``measure(λ)`` for :func:`calibrate_lambda`: a resumable sweep at λ into ``out_dir/results.jsonl``."""
-    from thinkctl.report import load_records
+    from thinkctl.records import aggregate, load_records
     from thinkctl.sweep import run_sweep
 
     def measure(lam: float) -> LengthPoint:
         path = run_sweep(backend, problems, [lam], sampling, out_dir, benchmark=benchmark, method="calibration", summarize=False)
         df = load_records([path])
         ids = {p.id for p in problems}
-        rows = df[(df["lam"] == lam) & (df["method"] == "calibration") & df["problem_id"].astype(str).isin(ids)]
-        return LengthPoint(lam, float(rows["thinking_tokens"].mean()), float(rows["correct"].mean()), int(len(rows)))
+        row = aggregate(df[(df["lam"] == lam) & (df["method"] == "calibration") & df["problem_id"].isin(ids)], ["lam"]).iloc[0]
+        return LengthPoint(lam, float(row["mean_thinking_tokens"]), float(row["accuracy"]), int(row["n"]))
 
     return measure

@@ -14,18 +14,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
+from thinkctl.batch import Example, encode
 from thinkctl.data import Problem, render_prompt
 from thinkctl.errors import ConfigError, DataFormatError
 from thinkctl.grading import grade
 from thinkctl.io import append_jsonl, drop_partial_tail, iter_jsonl
-from thinkctl.rollout.base import RolloutBackend, SamplingConfig
+from thinkctl.rollout.base import RolloutBackend
+from thinkctl.sampling import SamplingConfig
 
 log = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)
@@ -91,10 +90,10 @@ def generate_distillation_data(
             completions = backend.generate(prompts, lam, sampling)
             new = []
             for problem, prompt, completion in zip(chunk, prompts, completions):
-                record = grade(problem, completion, tokenizer)
+                graded = grade(completion, problem.answer, tokenizer)
                 new.append(DistillExample(
                     prompt=prompt, response=completion.text, token_ids=list(completion.token_ids), problem_id=problem.id,
-                    lam=lam, correct=bool(record["correct"]), thinking_tokens=int(record["thinking_tokens"]),
+                    lam=lam, correct=graded.correct, thinking_tokens=graded.thinking_tokens,
                     finish_reason=completion.finish_reason,
                 ))
             append_jsonl(path, [asdict(ex) for ex in new])
@@ -130,32 +129,13 @@ def load_distillation_jsonl(path: str | Path, tokenizer: Any) -> list[DistillExa
     return examples
 
 
-def encode_example(tokenizer: Any, example: DistillExample, max_length: int) -> dict[str, list[int]]:
-    """``input_ids`` (prompt + response, truncated to ``max_length``) and ``labels`` (-100 on the prompt)."""
-    prompt = tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
+def encode_example(tokenizer: Any, example: DistillExample, max_length: int) -> Example:
+    """Prompt + response token ids (truncated to ``max_length``) and the prompt length, for :func:`thinkctl.batch.collate`.
+
+    A teacher response is trained on exactly the tokens it generated; user text is tokenized and closed with EOS.
+    """
     if example.token_ids is not None:
         response = list(example.token_ids)
     else:
         response = tokenizer(example.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    ids = (prompt + response)[:max_length]
-    labels = ([IGNORE_INDEX] * len(prompt) + response)[:max_length]
-    return {"input_ids": ids, "labels": labels}
-
-
-class DistillCollator:
-    """Right-pads ``input_ids``/``labels`` rows into tensors with an ``attention_mask``."""
-
-    def __init__(self, pad_token_id: int) -> None:
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        width = max(len(r["input_ids"]) for r in rows)
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            input_ids[i, :n] = torch.tensor(r["input_ids"])
-            labels[i, :n] = torch.tensor(r["labels"])
-            attention[i, :n] = 1
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    return encode(tokenizer, example.prompt, response, max_length)

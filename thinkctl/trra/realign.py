@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from thinkctl.config import build, group, lambda_grid_option, lambda_option, option, recipe_values
 from thinkctl.data import benchmark_name, load_benchmark
 from thinkctl.errors import ConfigError
-from thinkctl.fusion import validate_lambda, validate_lambda_grid
 from thinkctl.io import atomic_write_json, atomic_write_text
-from thinkctl.rollout.base import SamplingConfig
+from thinkctl.rollout import BackendConfig
+from thinkctl.sampling import SamplingConfig
 from thinkctl.trra.calibrate import DEFAULT_GRID, CalibrationError, CalibrationResult, backend_measure, calibrate_lambda
 from thinkctl.trra.data import generate_distillation_data, load_distillation_jsonl
 from thinkctl.trra.trainer import TrRaConfig, train_trra
@@ -33,52 +34,43 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RealignConfig:
-    """The ``realign:`` section of a recipe: the pair, how λ is chosen, and the data/eval splits."""
+    """The ``realign:`` section of a recipe: the pair, how λ is chosen, and the data/eval splits.
 
-    reference: str = ""
-    aligned: str = ""
-    lambda_: float | None = None
-    target_tokens: float | None = None
-    lambda_grid: list[float] = field(default_factory=lambda: list(DEFAULT_GRID))
-    calibration_refinements: int = 6
-    train_benchmark: str = "tiny"
-    train_split: str | None = "train"
-    train_limit: int | None = 256
-    data_path: str | None = None
-    only_correct: bool = True
-    calib_benchmark: str = "tiny"
-    calib_split: str | None = "train"
-    calib_limit: int | None = 64
-    calib_seed: int = 1
-    eval_benchmark: str = "tiny"
-    eval_split: str | None = "test"
-    eval_limit: int | None = 100
-    max_new_tokens: int = 512
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    engine: str = "hf"
-    dtype: str = "float32"
-    device: str = "cpu"
-    batch_size: int = 32
+    The sampling seed also picks the problems of generated benchmarks (tiny) for training and evaluation.
+    """
+
+    reference: str = option("", "reference (slow thinker); leave reference and aligned empty for the tiny default pair", flag="--ref")
+    aligned: str = option("", "aligned (fast thinker) model")
+    lambda_: float | None = lambda_option(None, "fusion weight λ of the teacher", exclusive="goal")
+    target_tokens: float | None = option(None, "calibrate λ to this mean thinking length", exclusive="goal")
+    lambda_grid: list[float] = lambda_grid_option(DEFAULT_GRID, "calibration grid, e.g. 0,0.5,1,1.5")
+    calibration_refinements: int = option(6, "extra λ measured inside the bracketing grid interval")
+    train_benchmark: str = option("tiny", "benchmark whose problems the teacher answers for distillation")
+    train_split: str | None = option("train", "its split")
+    train_limit: int | None = option(256, "problems to generate distillation data on")
+    data_path: str | None = option(None, "distil on this JSONL of {prompt|question, response} instead of teacher rollouts",
+                                   flag="--data")
+    only_correct: bool = option(True, "distil only on teacher responses verified correct")
+    calib_benchmark: str = option("tiny", "benchmark of the calibration split")
+    calib_split: str | None = option("train", "its split")
+    calib_limit: int | None = option(64, "problems in the calibration split")
+    calib_seed: int = option(1, "seed drawing the calibration problems")
+    eval_benchmark: str = option("tiny", "held-out benchmark reference, teacher and student are compared on")
+    eval_split: str | None = option("test", "its split")
+    eval_limit: int | None = option(100, "held-out problems to evaluate on")
+    sampling: SamplingConfig = group(SamplingConfig)
+    backend: BackendConfig = group(lambda: BackendConfig(batch_size=32))
 
     def __post_init__(self) -> None:
         if (self.lambda_ is None) == (self.target_tokens is None):
             raise ConfigError("realign: give exactly one of --lambda and --target-tokens")
-        if self.lambda_ is not None:
-            self.lambda_ = validate_lambda(self.lambda_)
         if self.target_tokens is not None and self.target_tokens <= 0:
             raise ConfigError(f"realign: target_tokens must be positive, got {self.target_tokens}")
-        self.lambda_grid = validate_lambda_grid(self.lambda_grid)
-
-    @property
-    def sampling(self) -> SamplingConfig:
-        return SamplingConfig(self.max_new_tokens, self.temperature, self.top_p, self.seed)
 
     @property
     def eval_sampling(self) -> SamplingConfig:
         """Evaluation is always greedy, so reference, teacher and student compare on one footing."""
-        return SamplingConfig(self.max_new_tokens, 0.0, 1.0, self.seed)
+        return replace(self.sampling, temperature=0.0, top_p=1.0)
 
 
 def _resolve_pair(cfg: RealignConfig) -> tuple[str, str]:
@@ -145,18 +137,17 @@ def _markdown(report: dict[str, Any]) -> str:
 
 def run_realign(cfg: RealignConfig, train: TrRaConfig, out_dir: str | Path) -> dict[str, Any]:
     """Run (or resume) every stage into ``out_dir``; returns the report also written as ``report.json``."""
-    from thinkctl.rollout import make_backend
     from thinkctl.sweep import run_sweep
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     reference, aligned = _resolve_pair(cfg)
     atomic_write_json(out_dir / "realign_config.json", {"realign": asdict(cfg), "trra": asdict(train)})
-    eval_problems = load_benchmark(cfg.eval_benchmark, cfg.eval_split, cfg.eval_limit, cfg.seed)
+    eval_problems = load_benchmark(cfg.eval_benchmark, cfg.eval_split, cfg.eval_limit, cfg.sampling.seed)
     eval_bench = benchmark_name(cfg.eval_benchmark)
     eval_path = out_dir / "eval"
 
-    backend = make_backend(cfg.engine, reference, aligned, dtype=cfg.dtype, device=cfg.device, batch_size=cfg.batch_size)
+    backend = cfg.backend.open(reference, aligned)
     try:
         calibration = _calibrate(cfg, backend, out_dir) if cfg.target_tokens is not None else None
         lam = calibration.lam if calibration is not None else float(cfg.lambda_)
@@ -164,7 +155,7 @@ def run_realign(cfg: RealignConfig, train: TrRaConfig, out_dir: str | Path) -> d
         if cfg.data_path:
             examples = load_distillation_jsonl(cfg.data_path, backend.tokenizer)
         else:
-            problems = load_benchmark(cfg.train_benchmark, cfg.train_split, cfg.train_limit, cfg.seed)
+            problems = load_benchmark(cfg.train_benchmark, cfg.train_split, cfg.train_limit, cfg.sampling.seed)
             examples = generate_distillation_data(backend, problems, lam, cfg.sampling, out_dir / "distill_data.jsonl", only_correct=cfg.only_correct)
         run_sweep(backend, eval_problems, sorted({0.0, lam}), cfg.eval_sampling, eval_path, benchmark=eval_bench,
                   method="fused", model=f"{reference} + {aligned}", summarize=False)
@@ -174,7 +165,7 @@ def run_realign(cfg: RealignConfig, train: TrRaConfig, out_dir: str | Path) -> d
     train = replace(train, output_dir=str(out_dir / "student"), lambda_=lam)
     student_path = train_trra(train, reference, aligned, examples)
 
-    student = make_backend(cfg.engine, str(student_path), None, dtype=cfg.dtype, device=cfg.device, batch_size=cfg.batch_size)
+    student = cfg.backend.open(str(student_path))
     try:
         run_sweep(student, eval_problems, [0.0], cfg.eval_sampling, eval_path, benchmark=eval_bench, method="student",
                   model=str(student_path), summarize=False)
@@ -198,19 +189,13 @@ def load_realign_configs(
 
     λ and target length are alternatives: one given as an override replaces the other from the recipe.
     """
-    from thinkctl.config import from_dict, read_recipe
-
-    data = read_recipe(recipe) if recipe else {}
-    sections = []
-    for name, overrides in (("realign", realign), ("trra", trra)):
-        values = dict(data.get(name) or {})
-        if not isinstance(values, dict):
-            raise ConfigError(f"{recipe}: section {name!r} must be a mapping")
+    where = recipe or "options"
+    configs = []
+    for cls, name, overrides in ((RealignConfig, "realign", realign), (TrRaConfig, "trra", trra)):
+        values = recipe_values(cls, recipe, name)
         given = {k: v for k, v in (overrides or {}).items() if v is not None}
-        if name == "realign" and given.keys() & {"lambda_", "target_tokens"}:
+        if cls is RealignConfig and given.keys() & {"lambda_", "target_tokens"}:
             values.pop("lambda_", None)
             values.pop("target_tokens", None)
-        values.update(given)
-        sections.append(values)
-    where = recipe or "options"
-    return from_dict(RealignConfig, sections[0], f"{where} [realign]"), from_dict(TrRaConfig, sections[1], f"{where} [trra]")
+        configs.append(build(cls, {**values, **given}, f"{where} [{name}]"))
+    return configs[0], configs[1]

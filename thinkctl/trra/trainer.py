@@ -15,8 +15,9 @@ Names follow ``TrainingArguments`` and TRL's ``GKDConfig`` where they overlap.
 
 from __future__ import annotations
 
+import functools
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,12 @@ import torch
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from thinkctl.batch import IGNORE_INDEX, collate
+from thinkctl.config import lambda_option, option
 from thinkctl.errors import ConfigError
-from thinkctl.fusion import validate_lambda
 from thinkctl.io import atomic_write_json
-from thinkctl.trra.data import DistillCollator, DistillExample, encode_example
-from thinkctl.trra.loss import chunked_fused_kd_loss, validate_divergence
+from thinkctl.losses import chunked_fused_kd_loss, divergence_option, jsd_beta_option, validate_divergence
+from thinkctl.trra.data import DistillExample, encode_example
 
 log = logging.getLogger(__name__)
 
@@ -40,40 +42,40 @@ FINAL_MARKER = "trra_student.json"
 class TrRaConfig:
     """The ``trra:`` section of a recipe (TrainingArguments-style names)."""
 
-    output_dir: str = "runs/trra/student"
-    learning_rate: float = 1e-5
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    warmup_ratio: float = 0.0
-    lr_scheduler_type: str = "linear"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    bf16: bool = False
-    student_dtype: str = "float32"
-    teacher_dtype: str = "float32"
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    save_steps: int = 100
-    save_total_limit: int | None = 2
-    logging_steps: int = 10
-    lambda_: float = 0.5
-    divergence: str = "forward_kl"
-    jsd_beta: float = 0.5
-    chunk_size: int = 1024
-    max_length: int = 1024
-    use_lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    output_dir: str = option("runs/trra/student", "Trainer checkpoints; the distilled student lands in OUTPUT_DIR/final")
+    learning_rate: float = option(1e-5, "peak learning rate (AdamW)")
+    num_train_epochs: float = option(1.0, "passes over the distillation data (when max_steps < 1)")
+    max_steps: int = option(-1, "optimizer steps; < 1 trains num_train_epochs instead")
+    per_device_train_batch_size: int = option(8, "sequences per device and micro-batch")
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
+    warmup_ratio: float = option(0.0, "fraction of the steps spent warming the learning rate up")
+    lr_scheduler_type: str = option("linear", "transformers learning-rate schedule: linear, cosine, constant, …")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    max_grad_norm: float = option(1.0, "gradient clipping norm")
+    bf16: bool = option(False, "bf16 autocast (weights stay in student_dtype)")
+    student_dtype: str = option("float32", "precision of the trained student's weights")
+    teacher_dtype: str = option("float32", "precision of the frozen reference and aligned teachers")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory")
+    seed: int = option(0, "training seed (data order, initialisation of LoRA)")
+    save_steps: int = option(100, "checkpoint every this many steps (resumable after a kill)")
+    save_total_limit: int | None = option(2, "checkpoints kept")
+    logging_steps: int = option(10, "log the loss every this many steps")
+    lambda_: float = lambda_option(0.5, "fusion weight λ of the teacher the student is distilled towards")
+    divergence: str = divergence_option()
+    jsd_beta: float = jsd_beta_option()
+    chunk_size: int = option(1024, "response tokens per loss chunk: peak loss memory ≈ 4 × chunk_size × vocab floats")
+    max_length: int = option(1024, "prompt + response tokens kept per example")
+    use_lora: bool = option(False, "train LoRA adapters (merged on save); the reference teacher is the student with adapters off")
+    lora_r: int = option(16, "LoRA rank")
+    lora_alpha: int = option(32, "LoRA alpha")
+    lora_dropout: float = option(0.0, "LoRA dropout")
+    lora_target_modules: list[str] = option(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        help="comma-separated module names that get LoRA adapters",
     )
-    device: str = "auto"
+    device: str = option("auto", "training device: auto, cpu or cuda")
 
     def __post_init__(self) -> None:
-        self.lambda_ = validate_lambda(self.lambda_)
         validate_divergence(self.divergence, self.jsd_beta)
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "chunk_size", "max_length", "save_steps", "logging_steps"):
             if getattr(self, name) < 1:
@@ -157,7 +159,7 @@ class TrRaTrainer(Trainer):
 
     def compute_loss(self, model: Any, inputs: dict[str, torch.Tensor], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
         input_ids, attention_mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
-        mask = labels[:, 1:] != -100
+        mask = labels[:, 1:] != IGNORE_INDEX
         student_hidden = _final_hidden(model, input_ids, attention_mask)[:, :-1]
         with torch.no_grad():
             ref_hidden, ref_head = self._reference_hidden(model, input_ids, attention_mask)
@@ -171,13 +173,13 @@ class TrRaTrainer(Trainer):
 
 
 class _TokenDataset(torch.utils.data.Dataset):
-    def __init__(self, rows: list[dict[str, list[int]]]) -> None:
+    def __init__(self, rows: list[Any]) -> None:
         self.rows = rows
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> dict[str, list[int]]:
+    def __getitem__(self, i: int) -> Any:
         return self.rows[i]
 
 
@@ -207,12 +209,12 @@ def make_trainer(
 ) -> TrRaTrainer:
     """A :class:`TrRaTrainer` over ``examples`` encoded with ``tokenizer``."""
     rows = [encode_example(tokenizer, ex, cfg.max_length) for ex in examples]
-    rows = [r for r in rows if any(label != -100 for label in r["labels"][1:])]
+    rows = [(ids, n_prompt) for ids, n_prompt in rows if len(ids) > max(n_prompt, 1)]  # a response token to predict
     if not rows:
         raise ConfigError(f"no example has a response token within max_length={cfg.max_length}")
     return TrRaTrainer(
         model=student, args=cfg.training_arguments(), train_dataset=_TokenDataset(rows),
-        data_collator=DistillCollator(tokenizer.pad_token_id), processing_class=tokenizer, callbacks=callbacks,
+        data_collator=functools.partial(collate, pad_id=tokenizer.pad_token_id), processing_class=tokenizer, callbacks=callbacks,
         reference=reference, aligned=aligned, trra=cfg,
     )
 

@@ -1,4 +1,4 @@
-"""The TrRa objective: match the student's next-token distribution to the fused teacher's.
+"""Distillation towards the fused teacher: the loss TrRa and InRa both train with.
 
 On every response token the target is ``softmax(λ·z_aligned + (1−λ)·z_ref)`` (built by
 :mod:`thinkctl.fusion`, never here) and the student pays a divergence to it, as in TRL's GKD:
@@ -8,29 +8,45 @@ On every response token the target is ``softmax(λ·z_aligned + (1−λ)·z_ref)
 * ``jsd``         generalized JSD with mixture ``β·p_teacher + (1−β)·p_student`` (β=0 is forward KL,
   β=1 reverse KL, exactly as ``GKDTrainer.generalized_jsd_loss``).
 
-The loss is a mean over response tokens (prompt and padding are masked out).
+The loss is a mean over response tokens (prompt and padding are masked out). It comes in two forms
+that compute the same number (the float64 tests check loss and gradients):
 
-Why a chunked version: with Qwen2.5's 151,936-token vocabulary, the float32 logits of three models on
-a 2×8k batch are ~30 GB before softmax buffers. :func:`chunked_fused_kd_loss` takes the models' final
-hidden states and lm_head weights instead, keeps only the response positions, and walks them in chunks:
-for each chunk it computes the three logits, fuses, takes the divergence and — in the same pass — the
-gradient with respect to the student's chunk logits, which it folds straight into the gradients of the
-hidden states and the head weight. Only one chunk of logits is alive at any time, nothing is recomputed
-in backward, and the result equals :func:`naive_fused_kd_loss` (the float64 tests check loss and
-gradients). This is the "fused linear + loss" pattern of Liger-Kernel's cross entropy, applied to KD.
+* :func:`fused_kd_loss` from logits, for callers that have the three logits anyway (InRa's two paths
+  and its teacher);
+* :func:`chunked_fused_kd_loss` from final hidden states and lm_head weights, for large vocabularies
+  (TrRa). With Qwen2.5's 151,936-token vocabulary the float32 logits of three models on a 2×8k batch
+  are ~30 GB before softmax buffers; the chunked form keeps only the response positions and walks them
+  in chunks: for each chunk it computes the three logits, fuses, takes the divergence and — in the same
+  pass — the gradient with respect to the student's chunk logits, which it folds straight into the
+  gradients of the hidden states and the head weight. Only one chunk of logits is alive at any time and
+  nothing is recomputed in backward: the "fused linear + loss" pattern of Liger-Kernel's cross entropy,
+  applied to KD.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from thinkctl.config import option
 from thinkctl.errors import ConfigError
 from thinkctl.fusion import LambdaLike, fused_log_probs
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+
+
+def divergence_option(**kwargs: Any) -> Any:
+    """The ``divergence`` config field, declared once for every method that distils."""
+    return option("forward_kl", "divergence to the fused teacher: forward_kl (distillation), reverse_kl (mode-seeking) "
+                  "or jsd (generalized JSD, see jsd_beta)", choices=DIVERGENCES, **kwargs)
+
+
+def jsd_beta_option() -> Any:
+    """The ``jsd_beta`` config field that goes with :func:`divergence_option`."""
+    return option(0.5, "JSD mixture weight of the teacher: 0 = forward KL, 1 = reverse KL")
 
 
 def validate_divergence(kind: str, beta: float = 0.5) -> None:
@@ -60,16 +76,11 @@ def token_divergence(student_logp: torch.Tensor, teacher_logp: torch.Tensor, kin
     return beta * kl_teacher + (1 - beta) * kl_student
 
 
-def naive_fused_kd_loss(
-    student_logits: torch.Tensor,
-    ref_logits: torch.Tensor,
-    aligned_logits: torch.Tensor,
-    mask: torch.Tensor,
-    lam: LambdaLike,
-    kind: str = "forward_kl",
-    beta: float = 0.5,
+def fused_kd_loss(
+    student_logits: torch.Tensor, ref_logits: torch.Tensor, aligned_logits: torch.Tensor,
+    mask: torch.Tensor, lam: LambdaLike, kind: str = "forward_kl", beta: float = 0.5,
 ) -> torch.Tensor:
-    """Mean divergence to the fused teacher over positions where ``mask`` is true (the reference implementation).
+    """Mean divergence to the fused teacher over positions where ``mask`` is true, from logits.
 
     All logits are ``[batch, seq, vocab]`` already aligned with their targets (position t predicts
     token t+1), ``mask`` is ``[batch, seq]``; ``lam`` is a float or one value per batch row. The
@@ -148,11 +159,11 @@ def chunked_fused_kd_loss(
     beta: float = 0.5,
     chunk_size: int = 1024,
 ) -> torch.Tensor:
-    """:func:`naive_fused_kd_loss` from final hidden states and lm_head weights, one chunk of tokens at a time.
+    """:func:`fused_kd_loss` from final hidden states and lm_head weights, one chunk of tokens at a time.
 
     Hidden states are ``[batch, seq, hidden]`` (after the final norm, aligned with their targets like
-    the logits of the naive loss); heads are ``[vocab, hidden]`` lm_head weights (logits = h @ Wᵀ, no
-    bias: Qwen2/Llama/R1-distill heads). ``chunk_size`` response tokens are processed at once: peak
+    the logits of :func:`fused_kd_loss`); heads are ``[vocab, hidden]`` lm_head weights (logits = h @ Wᵀ,
+    no bias: Qwen2/Llama/R1-distill heads). ``chunk_size`` response tokens are processed at once: peak
     extra memory is about ``4 × chunk_size × vocab`` floats whatever the sequence length.
     """
     validate_divergence(kind, beta)

@@ -1,0 +1,44 @@
+"""How each next token is picked: the one sampling config every job composes.
+
+Sweeps, ``realign``, ``generate`` and InRa's training rollouts all hold a :class:`SamplingConfig`
+(through :func:`thinkctl.config.group`), so a new sampling setting is one field here and every recipe
+section and command that composes it gains the key and the flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from thinkctl.config import option
+from thinkctl.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to pick each next token; ``temperature == 0`` means greedy."""
+
+    max_new_tokens: int = option(512, "most tokens generated per response (thinking and answer together)")
+    temperature: float = option(0.0, "sampling temperature; 0 = greedy")
+    top_p: float = option(1.0, "nucleus sampling: keep the most likely tokens up to this total probability")
+    seed: int = option(0, "random seed of the sampling (in sweeps and realign also of generated benchmarks' problems)")
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def derive(self, offset: int) -> SamplingConfig:
+        """The settings for the ``offset``-th independent draw (a chunk, a batch, a sample): seed + offset.
+
+        Every place that splits work derives its seeds this way, so a run is reproducible under one
+        seed and no two parts of it share a random stream. Greedy decoding uses no seed: unchanged.
+        """
+        return self if self.greedy or offset == 0 else dataclasses.replace(self, seed=self.seed + offset)
