@@ -77,3 +77,19 @@ def test_sweep_and_generate_accept_an_inra_checkpoint(saved_pair, tmp_path, caps
     assert "give either --ref" in capsys.readouterr().err
     assert main(["generate", "--inra", str(inra), "--aligned", al, "x"]) == 2
     assert "carries its own fast path" in capsys.readouterr().err
+
+
+def test_help_says_what_the_tool_does(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert out.split("\n\n")[1].startswith("Control how long a reasoning model thinks.")
+    assert "thinkctl demo" in out and "parse, call one function" not in out
+
+
+def test_generate_defaults_to_the_reference_alone(saved_pair, capsys) -> None:
+    ref, _, _ = saved_pair
+    assert main(["generate", "--ref", ref, "--max-new-tokens", "3", "2 + 2 ="]) == 0
+    assert "## 2 + 2 =" in capsys.readouterr().out
+    assert main(["generate", "--ref", ref, "--lambda", "1", "x"]) == 2
+    assert "needs an aligned model" in capsys.readouterr().err

@@ -73,3 +73,19 @@ def test_atomic_write_replaces_whole_file(tmp_path) -> None:
     atomic_write_text(path, "two")
     assert path.read_text() == "two"
     assert [p.name for p in path.parent.iterdir()] == ["s.md"]
+
+
+def test_tiny_registers_itself_as_a_benchmark() -> None:
+    """``load_benchmark("tiny")`` works with only thinkctl.data imported: the tiny package registers it."""
+    import subprocess
+    import sys
+
+    code = "from thinkctl.data import load_benchmark; ps = load_benchmark('tiny', split='train', limit=3, seed=1); print(ps[0].id, len(ps))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["tiny-train-1-0", "3"]
+    from thinkctl.tiny import generate_problems
+
+    problems = load_benchmark("tiny", limit=5, seed=2)
+    assert [(p.id, p.question, p.answer, p.level) for p in problems] == [
+        (p.id, p.question, p.answer, p.level) for p in generate_problems(5, seed=2, split="test")
+    ]

@@ -206,6 +206,23 @@ def test_backend_over_inra_checkpoint(tmp_path, base, word_tokenizer):
     assert [c.lam for c in mixed] == [0.0, 1.0, 1.5]
 
 
+def test_inra_checkpoint_opens_on_either_engine(tmp_path, base, word_tokenizer, monkeypatch):
+    """hf drives the two paths itself; vllm gets the checkpoint directory (its InRaForCausalLM)."""
+    from thinkctl.inra import open_inra_backend
+    from thinkctl.rollout import BackendConfig
+    from thinkctl.rollout.base import ENGINES
+
+    base_dir = tmp_path / "base"
+    base.save_pretrained(base_dir)
+    word_tokenizer.save_pretrained(base_dir)
+    save_inra(InRaModel.from_base(base, base_name_or_path=str(base_dir)), tmp_path / "inra", tokenizer=word_tokenizer)
+    assert isinstance(open_inra_backend(tmp_path / "inra", BackendConfig(batch_size=2)), HFBackend)
+    calls = []
+    monkeypatch.setitem(ENGINES, "vllm", lambda reference, aligned, **kw: calls.append((reference, aligned, kw)))
+    open_inra_backend(tmp_path / "inra", BackendConfig(engine="vllm", dtype="bfloat16", batch_size=8))
+    assert calls == [(str(tmp_path / "inra"), None, {"dtype": "bfloat16", "device": "cpu", "batch_size": 8})]
+
+
 def test_unsupported_architecture_is_a_clear_error():
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=64, n_layer=1, n_head=2, n_positions=32))
     with pytest.raises(ThinkctlError, match=r"model_type='gpt2'.*|.*'qwen2', 'llama'"):

@@ -1,0 +1,106 @@
+"""Job configs: one declaration per setting gives the recipe key, the flag and its help; recipes load."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from thinkctl.cli import GenerateConfig
+from thinkctl.config import add_flags, flag_values, load_section, options, read_recipe
+from thinkctl.errors import ConfigError, InvalidLambdaError
+from thinkctl.inra.train import InRaTrainConfig
+from thinkctl.sampling import SamplingConfig
+from thinkctl.sweep import SweepConfig
+from thinkctl.tiny import TinyBuildConfig
+from thinkctl.trra.realign import RealignConfig, load_realign_configs
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLING_KEYS = {f.name for f in fields(SamplingConfig)}
+
+
+def keys(cls: type) -> set[str]:
+    return {o.key for o in options(cls)}
+
+
+def test_every_job_composes_the_one_sampling_config():
+    for cls in (SweepConfig, RealignConfig, GenerateConfig):
+        assert SAMPLING_KEYS <= keys(cls), cls
+    assert {f"rollout_{k}" for k in SAMPLING_KEYS} <= keys(InRaTrainConfig)
+    cfg = load_section(InRaTrainConfig, None, "inra", {"base": "b", "teacher": "t", "rollout_temperature": 0.7})
+    assert cfg.rollout == SamplingConfig(temperature=0.7)
+
+
+def test_flags_are_generated_from_the_fields_and_override_the_recipe(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("sweep:\n  benchmark: gsm8k\n  temperature: 0.6\n  batch_size: 8\n")
+    parser = argparse.ArgumentParser()
+    add_flags(parser, SweepConfig)
+    args = parser.parse_args(["--max-new-tokens", "64", "--lambdas", "0,1", "--engine", "vllm"])
+    cfg = load_section(SweepConfig, recipe, "sweep", flag_values(args, SweepConfig))
+    assert cfg.benchmark == "gsm8k" and cfg.lambdas == [0.0, 1.0]
+    assert cfg.sampling == SamplingConfig(max_new_tokens=64, temperature=0.6)
+    assert (cfg.backend.engine, cfg.backend.batch_size) == ("vllm", 8)
+    assert "nucleus sampling" in parser.format_help()  # help text comes from the field
+
+
+def test_lambda_flags_reject_what_validate_lambda_rejects(capsys):
+    parser = argparse.ArgumentParser()
+    add_flags(parser, InRaTrainConfig)
+    for bad in ("nan", "inf", "half"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--teacher-lambda", bad])
+        assert "λ must be" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--rollout-lambdas", "0,0.5,0"])
+    assert "twice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", '"0.5"'])
+def test_recipe_lambdas_are_validated_where_the_recipe_is_read(tmp_path, value):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(f"inra:\n  base: b\n  teacher: t\n  teacher_lambda: {value}\n")
+    with pytest.raises(InvalidLambdaError, match=r"bad\.yaml \[inra\] teacher_lambda: λ must"):
+        load_section(InRaTrainConfig, recipe, "inra")
+    recipe.write_text(f"sweep:\n  lambdas: [0, {value}]\n")
+    with pytest.raises(InvalidLambdaError, match=r"bad\.yaml \[sweep\] lambdas"):
+        load_section(SweepConfig, recipe, "sweep")
+
+
+def test_renamed_and_unknown_keys_say_what_to_write(tmp_path):
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text("inra:\n  base: b\n  teacher: t\n  loss_kind: reverse_kl\n")
+    with pytest.raises(ConfigError, match="`loss_kind` was renamed to `divergence`"):
+        load_section(InRaTrainConfig, recipe, "inra")
+    recipe.write_text("sweep:\n  sampling:\n    temperature: 0.6\n")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['sampling'\].*'temperature'"):
+        load_section(SweepConfig, recipe, "sweep")
+    assert load_section(InRaTrainConfig, None, "inra", {"base": "b", "teacher": "t", "divergence": "jsd"}).divergence == "jsd"
+
+
+def test_every_recipe_and_suite_loads():
+    section_types = {"tiny": TinyBuildConfig, "sweep": SweepConfig, "inra": InRaTrainConfig}
+    recipes = sorted((REPO / "recipes").glob("*.yaml")) + sorted((REPO / "evals").glob("*.yaml"))
+    assert len(recipes) >= 9
+    for recipe in recipes:
+        sections = read_recipe(recipe)
+        for name, cls in section_types.items():
+            if name in sections:
+                load_section(cls, recipe, name)
+        if "realign" in sections:
+            realign, trra = load_realign_configs(str(recipe), {"lambda_": 0.5})
+            assert realign.lambda_ == 0.5 and trra.divergence == "forward_kl"
+
+
+def test_derived_seeds_are_distinct_for_sampling_and_unused_for_greedy():
+    greedy, sampled = SamplingConfig(), SamplingConfig(temperature=1.0, seed=3)
+    assert greedy.derive(5) is greedy
+    assert [sampled.derive(k).seed for k in (0, 1, 64)] == [3, 4, 67]
+    assert sampled.derive(1).temperature == 1.0
+
+
+def test_generate_defaults_to_lambda_zero_which_every_model_source_has():
+    cfg = load_section(GenerateConfig, None, "generate")
+    assert cfg.lambda_ == 0.0 and cfg.sampling == SamplingConfig()

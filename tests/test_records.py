@@ -1,0 +1,46 @@
+"""The typed per-sample record: files written before a field existed still load; one aggregation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from thinkctl.errors import DataFormatError
+from thinkctl.records import SampleRecord, aggregate, load_records, read_records
+
+FIXTURE = Path(__file__).parent / "fixtures" / "synthetic_sweep.jsonl"  # written by the pre-typed sweep code
+REQUIRED = {"benchmark": "b", "method": "fused", "problem_id": 7, "lam": 1, "correct": 1, "thinking_tokens": 3, "total_tokens": 5}
+
+
+def test_records_written_before_the_type_existed_load_unchanged():
+    rows = [json.loads(line) for line in FIXTURE.read_text().splitlines()]
+    records = read_records(FIXTURE)
+    assert len(records) == len(rows)
+    for row, record in zip(rows, records):
+        assert {k: v for k, v in record.to_dict().items() if k in row} == row
+        assert record.route_point is None
+
+
+def test_optional_fields_default_and_unknown_fields_are_ignored(tmp_path):
+    record = SampleRecord.from_dict({**REQUIRED, "written_by_a_newer_thinkctl": True})
+    assert (record.problem_id, record.lam, record.correct, record.sample, record.level) == ("7", 1.0, True, 0, None)
+    assert record.key == ("b", "fused", "7", 1.0, 0)
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps(record.to_dict()) + "\n")
+    assert read_records(path) == [record]
+    with pytest.raises(DataFormatError, match="record lacks field"):
+        SampleRecord.from_dict({k: v for k, v in REQUIRED.items() if k != "lam"})
+    with pytest.raises(DataFormatError, match="correct='yes'"):
+        SampleRecord.from_dict({**REQUIRED, "correct": "yes"})
+
+
+def test_aggregate_is_the_one_summary_of_records():
+    df = load_records([FIXTURE])
+    by_lam = aggregate(df[(df["benchmark"] == "tiny") & (df["method"] == "fused")], ["lam"]).set_index("lam")
+    rows = [json.loads(line) for line in FIXTURE.read_text().splitlines()]
+    at_zero = [r for r in rows if r["benchmark"] == "tiny" and r["method"] == "fused" and r["lam"] == 0.0]
+    assert by_lam.loc[0.0, "n"] == len(at_zero)
+    assert by_lam.loc[0.0, "accuracy"] == pytest.approx(sum(r["correct"] for r in at_zero) / len(at_zero))
+    assert by_lam.loc[0.0, "mean_thinking_tokens"] == pytest.approx(sum(r["thinking_tokens"] for r in at_zero) / len(at_zero))
