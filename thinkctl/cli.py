@@ -145,7 +145,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     cfg = ServeConfig(
         model=args.model, aligned=args.aligned, host=args.host, port=args.port, dtype=args.dtype,
         max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
-        served_model_name=args.served_model_name,
+        served_model_name=args.served_model_name, effort=args.effort, policy=args.policy,
+        allow_unauthenticated=args.allow_unauthenticated, vllm_args=args.passthrough,
     )
     code = serve(cfg)
     if code:
@@ -153,16 +154,26 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="OpenAI-compatible vLLM server; λ per request via vllm_xargs.thinkctl_lambda")
+    p = sub.add_parser(
+        "serve", help="OpenAI-compatible vLLM server: λ per request, effort levels, routing, thinking budgets",
+        usage="thinkctl serve MODEL [options] [-- VLLM_SERVE_OPTIONS ...]",
+        epilog="Options after `--` go to vLLM's server unchanged, e.g. `-- --api-key KEY --max-num-seqs 64 "
+               "--tensor-parallel-size 2`; they win over the options above.",
+    )
     p.add_argument("model", help="model dir: plain, InRa checkpoint, or the reference when --aligned is given")
     p.add_argument("--aligned", help="aligned model: serve the pair fused (λ per request)")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1; other hosts need an API key (-- --api-key K)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--dtype", help="default: float32 on CPU, vLLM's choice on GPU")
     p.add_argument("--max-model-len", type=int, dest="max_model_len")
     p.add_argument("--gpu-memory-utilization", type=float, dest="gpu_memory_utilization", help="default 0.3 on CPU")
     p.add_argument("--served-model-name", dest="served_model_name", help="default: the MODEL argument")
-    p.set_defaults(func=cmd_serve)
+    p.add_argument("--effort", help="reasoning_effort → λ: low=1.0,medium=0.5,high=0, an effort table (.json) or a "
+                                    "sweep run dir to calibrate on (default: MODEL/thinkctl_effort.json)")
+    p.add_argument("--policy", help="router policy (thinkctl route fit): λ for requests without λ or effort, or 'auto'")
+    p.add_argument("--allow-unauthenticated", action="store_true", dest="allow_unauthenticated",
+                   help="allow a non-loopback --host without an API key (anyone reaching the port can use it)")
+    p.set_defaults(func=cmd_serve, passthrough=[])
 
 
 def cmd_inra_train(args: argparse.Namespace) -> None:
@@ -399,7 +410,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # everything after a bare `--` is for the program a command wraps (serve: vLLM's server)
+    passthrough = argv[argv.index("--") + 1:] if "--" in argv else None
+    parser = build_parser()
+    args = parser.parse_args(argv if passthrough is None else argv[: argv.index("--")])
+    if passthrough is not None:
+        if not hasattr(args, "passthrough"):
+            parser.error(f"`thinkctl {args.command}` takes no options after `--` (only `thinkctl serve` does)")
+        args.passthrough = passthrough
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)
