@@ -146,10 +146,14 @@ class Controls:
 
     @property
     def tokenizer(self) -> Any:
+        """The served tokenizer, with vLLM's caching of ``get_vocab``/``all_special_ids``: the thinking
+        count reads both per response, and uncached they cost milliseconds on a real vocabulary."""
         if self._tokenizer is None:
+            from vllm.tokenizers.hf import get_cached_tokenizer
+
             from thinkctl.models import load_tokenizer
 
-            self._tokenizer = load_tokenizer(self.settings.tokenizer)
+            self._tokenizer = get_cached_tokenizer(load_tokenizer(self.settings.tokenizer))
         return self._tokenizer
 
     # ---------------------------------------------------------------- requests
