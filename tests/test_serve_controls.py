@@ -87,6 +87,7 @@ def test_effort_from_sweep_summary_and_records_and_file_round_trip(tmp_path):
 
 @pytest.fixture(scope="module")
 def think_model(tmp_path_factory) -> Path:
+    pytest.importorskip("vllm", reason="the middleware runs inside vLLM's API server and uses its tokenizer cache")
     return save_random_model(tmp_path_factory.mktemp("serve_controls") / "model", seed=0)
 
 
@@ -287,6 +288,7 @@ def test_cli_passes_options_after_double_dash_to_vllm(monkeypatch, capsys):
 
 def test_stop_signal_ends_the_whole_process_tree(tmp_path):
     """SIGTERM to the wrapper reaches every process of the server's group; one that ignores it is killed."""
+    psutil = pytest.importorskip("psutil")  # a vLLM dependency, as is thinkctl serve
     pids = tmp_path / "pids"
     tree = textwrap.dedent(f"""
         import os, signal, subprocess, sys, time
@@ -308,8 +310,6 @@ def test_stop_signal_ends_the_whole_process_tree(tmp_path):
     server, stubborn = map(int, pids.read_text().split())
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
-    import psutil
-
     from thinkctl.serve import group_members
 
     assert group_members(server) == []
