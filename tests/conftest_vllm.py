@@ -1,6 +1,6 @@
-"""Helpers for the vLLM tests: tiny checkpoints on disk, an InRa checkpoint in the plugin's format, and
-the transformers reference for the InRa dual path (full-sequence recompute, no cache, so it shares no
-code with the path under test).
+"""Helpers for the vLLM and serving tests: tiny checkpoints on disk, an InRa checkpoint in the plugin's
+format, a synthetic router policy, and the transformers reference for the InRa dual path
+(full-sequence recompute, no cache, so it shares no code with the path under test).
 """
 
 from __future__ import annotations
@@ -12,16 +12,35 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import Qwen2ForCausalLM
+from tokenizers import AddedToken
+from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
 
 from tests.conftest import make_random_lm, make_word_tokenizer
 from thinkctl.fusion import fuse_logits
 
 ADAPTER_ZEROED = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
+#: R1-style: the generation prompt opens the think block, so responses start inside it
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }} {% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}= <think>{% endif %}"
+)
+
+
+def think_word_tokenizer() -> PreTrainedTokenizerFast:
+    """The word tokenizer with ``<think>``/``</think>`` as added (non-special) tokens and a chat template.
+
+    Added tokens survive the reload as a ``Qwen2Tokenizer`` (whose pre-tokenizer would split the
+    plain vocabulary words ``<think>`` into pieces), so the markers encode to one token each, as the
+    reasoning parser and vLLM's thinking budget need.
+    """
+    tok = make_word_tokenizer()
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in ("<think>", "</think>")])
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
 
 
 def save_random_model(path: Path, seed: int, std: float = 0.2) -> Path:
-    """A random tiny Qwen2 (head_dim 64) plus the word tokenizer, saved as an HF checkpoint dir.
+    """A random tiny Qwen2 (head_dim 64) plus the think-aware word tokenizer, saved as an HF checkpoint dir.
 
     Matrices are redrawn with ``std`` 0.2 (10x the HF init): at the default init the model repeats one
     token forever, at 0.2 its greedy continuations are varied, often end with EOS (id 0), and its logits
@@ -35,7 +54,7 @@ def save_random_model(path: Path, seed: int, std: float = 0.2) -> Path:
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
     model.generation_config.eos_token_id = 0
     model.save_pretrained(path)
-    make_word_tokenizer().save_pretrained(path)
+    think_word_tokenizer().save_pretrained(path)
     return path
 
 
@@ -104,3 +123,19 @@ def hf_inra_greedy(model: Qwen2ForCausalLM, adapters: list[torch.nn.Module], pro
             break
         ids = torch.cat([ids, torch.tensor([[tok]])], dim=1)
     return out
+
+
+def synthetic_policy(path: Path) -> Path:
+    """A bins router fitted on a made-up sweep in which λ = 1 is right only on questions with ≤ 3 numbers."""
+    from thinkctl.router import fit_router
+
+    questions = {f"p{n}-{k}": " + ".join(str(i + k) for i in range(1, n + 1)) for n in range(1, 7) for k in range(3)}
+    records = [
+        {"problem_id": pid, "lam": lam, "sample": s, "correct": ok, "thinking_tokens": tokens, "total_tokens": tokens + 5,
+         "method": "inra", "benchmark": "synthetic"}
+        for pid, q in questions.items()
+        for lam, ok, tokens in ((0.0, True, 100), (1.0, q.count("+") < 3, 30))
+        for s in range(2)
+    ]
+    fit_router(records, estimator="bins", questions=questions, features=["n_numbers"]).save(path)
+    return path

@@ -3,7 +3,8 @@
 import pytest
 
 from thinkctl.answers import extract_answer, extract_boxed
-from thinkctl.grading import count_thinking_tokens, is_correct
+from thinkctl.grading import is_correct
+from thinkctl.thinking import count_thinking_tokens
 
 
 def test_extract_boxed_balances_braces_and_takes_the_last() -> None:

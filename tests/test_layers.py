@@ -15,10 +15,10 @@ ROOT = Path(__file__).resolve().parents[1] / "thinkctl"
 
 #: bottom to top; names in one layer may not import each other (each is its own package)
 LAYERS: list[set[str]] = [
-    {"errors", "answers", "batch"},
-    {"fusion", "io", "models"},
+    {"errors", "thinking"},
+    {"answers", "batch", "fusion", "io", "models"},
     {"config"},
-    {"sampling", "losses", "vllm_plugin"},
+    {"sampling", "losses", "effort", "vllm_plugin"},
     {"decoding", "data"},
     {"rollout"},
     {"grading"},

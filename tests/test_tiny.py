@@ -9,7 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from thinkctl.answers import extract_answer
-from thinkctl.grading import count_thinking_tokens, is_correct
+from thinkctl.grading import is_correct
+from thinkctl.thinking import count_thinking_tokens
 from thinkctl.tiny import TinyBuildConfig, build_tiny_pair, generate_problems, long_trace, short_trace
 from thinkctl.tiny.task import CHECK_OPENERS, MAX_VALUE
 from thinkctl.tiny.tokenizer import build_tokenizer

@@ -1,23 +1,16 @@
-"""vLLM backend, InRa-in-vLLM, per-request λ, the OpenAI-compatible server and two-model fusion.
+"""vLLM backend, InRa-in-vLLM, per-request λ (both model-runner interfaces), thinking budgets and
+two-model fusion. The OpenAI-compatible server is tested in test_serve.py.
 
 Each engine start costs 20-50 s on a CPU runner, so every engine is started once, by a module-scoped
 fixture that runs everything the tests below need, records the results and shuts the engine down
-before the next one starts (engines never coexist). Four starts in all: plain, InRa, server, pair.
+before the next one starts (engines never coexist). Three starts in all: plain, InRa, pair.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,6 +25,7 @@ from vllm.exceptions import VLLMValidationError
 
 from tests.conftest_vllm import hf_inra_greedy, load_hf_inra, save_random_model, write_inra_checkpoint
 from thinkctl.errors import ConfigError, InvalidLambdaError
+from thinkctl.thinking import count_thinking_tokens
 from thinkctl.rollout import make_backend
 from thinkctl.rollout.hf import HFBackend
 from thinkctl.sampling import SamplingConfig
@@ -43,6 +37,42 @@ PROMPTS = [f"the answer is {a} + {b} =" for a, b in [(1, 2), (3, 4), (5, 6), (7,
 MIXED = [0.0, 0.5, 1.0, 1.5, -0.5, 0.0, 0.5, 1.0, 1.5, -0.5]
 GREEDY = SamplingConfig(max_new_tokens=32)
 SAMPLED = SamplingConfig(max_new_tokens=16, temperature=1.0, top_p=0.9, seed=3)
+#: prompts whose think block is opened by the prompt (R1 style), so thinking starts with the first token
+THINK_PROMPTS = [f"{a} + {b} = <think>" for a, b in [(1, 2), (3, 4), (5, 6), (7, 8)]]
+BUDGETS = (None, 0, 2, 5)
+THINK_OPEN, THINK_CLOSE = 2, 3  # ids in the test word tokenizer
+
+
+@dataclass(frozen=True)
+class BudgetSampling(SamplingConfig):
+    """SamplingConfig plus the thinking budget the vLLM backend reads (``max_thinking_tokens``)."""
+
+    max_thinking_tokens: int | None = None
+
+
+def _budget_runs(backend, lam: float | list[float]) -> dict:
+    """Greedy continuations of THINK_PROMPTS under each of BUDGETS (24 new tokens)."""
+    return {b: backend.generate(THINK_PROMPTS, lam, BudgetSampling(max_new_tokens=24, max_thinking_tokens=b)) for b in BUDGETS}
+
+
+def _check_budgets(runs: dict, tokenizer) -> None:
+    """A budget of B: B thinking tokens at most, then ``</think>`` and an answer, the same tokens as without
+    a budget up to there; a first think block that ends (``</think>`` or EOS) before B is left alone."""
+    free = runs[None]
+    for budget in BUDGETS[1:]:
+        for i, c in enumerate(runs[budget]):
+            unbudgeted = free[i].token_ids
+            natural_end = next((j for j, t in enumerate(unbudgeted) if t in (THINK_CLOSE, 0)), len(unbudgeted))
+            assert c.meta["thinking_budget"] == budget and c.meta["thinking_forced"] == (natural_end >= budget)
+            if natural_end < budget:  # (a think block the model reopens later gets the budget again)
+                assert c.token_ids[: natural_end + 1] == unbudgeted[: natural_end + 1], f"budget {budget}, prompt {i}"
+                continue
+            assert THINK_CLOSE in c.token_ids, f"budget {budget}, prompt {i}: thinking was not closed"
+            close = c.token_ids.index(THINK_CLOSE)
+            assert close == budget == count_thinking_tokens(c.token_ids[: close + 1], tokenizer)
+            assert len(c.token_ids) > close + 1, "an answer follows the closed think block"
+            assert c.token_ids[:close] == unbudgeted[:close], "the budget changes nothing before it acts"
+    assert any(c.meta["thinking_forced"] for c in runs[2]), "some free runs should think longer than 2 tokens"
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +116,65 @@ def test_lambda_processor_tracks_adds_moves_and_swaps():
     assert proc.apply(logits) is logits
 
 
+def test_lambda_processor_v2_interface_maps_logits_rows_through_request_slots():
+    """Model Runner V2 (the default wherever Triton works, so on every GPU; CPU builds fall back to V1):
+    vLLM's own V2 loader builds the processor, which keeps λ per request slot; the model's V2 model
+    state publishes each step's row → slot map, and compute_logits gets λ in this step's row order."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from vllm.v1.worker.gpu.model_states import resolve_model_state_cls
+    from vllm.v1.worker.gpu.model_states.default import DefaultModelState
+    from vllm.v1.worker.gpu.sample.logits_processor import (
+        LogitsContext,
+        build_custom_logits_processors,
+        build_custom_logits_processors_params_validator,
+    )
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as V2LogitsProcessor
+
+    from thinkctl.vllm_plugin import PROCESSOR_FQCN
+    from thinkctl.vllm_plugin.fused import FusedPairForCausalLM
+    from thinkctl.vllm_plugin.inra import InRaForCausalLM
+    from thinkctl.vllm_plugin.runner_v2 import LambdaModelState
+
+    config = SimpleNamespace(
+        instance_id="unit-test-v2", scheduler_config=SimpleNamespace(max_num_seqs=8),
+        model_config=SimpleNamespace(hf_config=SimpleNamespace(thinkctl_fusion={"default_lambda": 0.0}), logits_processors=[PROCESSOR_FQCN]),
+    )
+    req_states = SimpleNamespace(device=torch.device("cpu"), max_num_reqs=8, vocab_size=5, all_token_ids=None,
+                                 prompt_len=None, prefill_len=None, total_len=None)
+    [proc] = build_custom_logits_processors(config, req_states, False, [PROCESSOR_FQCN])
+    assert isinstance(proc, V2LogitsProcessor)
+    table = proc.table
+    assert table.rows(3) == 0.0, "before any request every row gets the default"
+    for slot, lam in ((6, 1.5), (1, None), (4, -0.5)):
+        params = vllm.SamplingParams(extra_args=None if lam is None else {LAMBDA_KEY: lam})
+        assert proc.add_request(slot, params) is False, "the processor itself never changes logits"
+    proc.apply_staged_writes()
+
+    for model in (InRaForCausalLM, FusedPairForCausalLM):
+        assert resolve_model_state_cls(config, model) is LambdaModelState
+    assert issubclass(LambdaModelState, DefaultModelState)
+    state = LambdaModelState.__new__(LambdaModelState)  # its vLLM-side setup needs a GPU; only the hook is ours
+    state.model, state.rope_state = SimpleNamespace(lambdas=table), None
+    assert state.prepare_inputs(SimpleNamespace(expanded_idx_mapping=torch.tensor([4, 6, 1])), None) == {}
+    assert table.rows(3).tolist() == [-0.5, 1.5, 0.0]
+    # next step: slot 6 is recycled by a new request and the rows come in another order
+    proc.add_request(6, vllm.SamplingParams(extra_args={LAMBDA_KEY: 0.25}))
+    proc.apply_staged_writes()
+    idx = torch.tensor([1, 6])
+    state.prepare_inputs(SimpleNamespace(expanded_idx_mapping=idx), None)
+    assert table.rows(2).tolist() == [0.0, 0.25]
+    assert table.rows(5) == 0.0, "dummy and profiling runs get the default"
+    ctx = LogitsContext(expanded_idx_mapping=idx, idx_mapping=idx, idx_mapping_np=idx.numpy(), expanded_local_pos=torch.zeros(2),
+                        input_ids=torch.zeros(2), pos=torch.zeros(2), seq_lens_upper_bound_np=np.ones(2))
+    logits = torch.ones(2, 5)
+    assert proc.apply(logits, ctx) is logits
+    validate = build_custom_logits_processors_params_validator([PROCESSOR_FQCN])
+    with pytest.raises(VLLMValidationError, match=LAMBDA_KEY):
+        validate(vllm.SamplingParams(extra_args={LAMBDA_KEY: "0.5"}))
+
+
 @pytest.mark.parametrize("bad", ["0.5", math.nan, -math.inf, [1.0], None, True])
 def test_lambda_processor_refuses_invalid_lambda(bad):
     from thinkctl.vllm_plugin.lam import ThinkctlLambdaProcessor
@@ -120,20 +209,6 @@ def test_pair_dir_refuses_models_of_different_shape(tmp_path):
         write_pair_dir(tmp_path / "ref", tmp_path / "al", tmp_path / "pair")
 
 
-def test_serve_argv_has_cpu_defaults_and_the_lambda_processor(ckpts):
-    from thinkctl.serve import ServeConfig, vllm_serve_argv
-    from thinkctl.vllm_plugin import PROCESSOR_FQCN
-
-    argv = vllm_serve_argv(ServeConfig(str(ckpts["inra"]), port=8123), str(ckpts["inra"]))
-    joined = " ".join(argv)
-    for part in ("--port 8123", "--host 127.0.0.1", "--dtype float32", "--enforce-eager", "--gpu-memory-utilization 0.3",
-                 f"--logits-processors {PROCESSOR_FQCN}", "--generation-config vllm"):
-        assert part in joined
-    assert "--logits-processors" not in vllm_serve_argv(ServeConfig(str(ckpts["base"])), str(ckpts["base"]))
-    with pytest.raises(ConfigError, match="port"):
-        ServeConfig("m", port=0)
-
-
 @pytest.fixture(scope="module")
 def plain(ckpts):
     """Plain-model vLLM results (greedy, sampled twice) and the error for λ ≠ 0 without a second stream."""
@@ -143,9 +218,12 @@ def plain(ckpts):
             "tokenizer": backend.tokenizer,
             "greedy": backend.generate(PROMPTS, 0.0, GREEDY),
             "sampled": [backend.generate(PROMPTS, 0.0, SAMPLED) for _ in range(2)],
+            "budgets": _budget_runs(backend, 0.0),
         }
         with pytest.raises(ConfigError, match="second stream"):
             backend.generate(PROMPTS[:1], 1.0, GREEDY)
+        with pytest.raises(ConfigError, match="max_thinking_tokens must be a non-negative integer"):
+            backend.generate(PROMPTS[:1], 0.0, BudgetSampling(max_thinking_tokens=-1))
     finally:
         backend.close()
     return res
@@ -164,6 +242,10 @@ def test_plain_vllm_matches_transformers_backend(ckpts, plain):
             assert c.token_ids[-1] == ckpts["eos"] and ckpts["eos"] not in c.token_ids[:-1]
         else:
             assert len(c.token_ids) == GREEDY.max_new_tokens and ckpts["eos"] not in c.token_ids
+
+
+def test_thinking_budget_closes_thinking_and_answers_plain(plain):
+    _check_budgets(plain["budgets"], plain["tokenizer"])
 
 
 def test_plain_vllm_sampling_is_seeded(plain):
@@ -198,6 +280,7 @@ def inra(ckpts):
         with pytest.raises(InvalidLambdaError):
             backend.generate(PROMPTS[:1], math.nan, GREEDY)
         res["after_bad"] = backend.generate(PROMPTS[:2], [0.0, 1.0], GREEDY)
+        res["budgets"] = _budget_runs(backend, [0.0, 1.0, 0.5, 1.5])
     finally:
         backend.close()
     return res
@@ -237,109 +320,14 @@ def test_inra_sampling_with_per_request_lambda_is_seeded(inra):
     assert _ids(first) == _ids(second)
 
 
+def test_thinking_budget_closes_thinking_and_answers_inra(inra, plain):
+    _check_budgets(inra["budgets"], plain["tokenizer"])
+
+
 def test_inra_invalid_lambda_is_refused_and_engine_keeps_serving(inra):
     for bad, message in inra["bad"].items():
         assert message is not None and LAMBDA_KEY in message, f"λ={bad} should be refused"
     assert _ids(inra["after_bad"]) == [inra[0.0][0].token_ids, inra[1.0][1].token_ids]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _post(url: str, body: dict) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
-
-
-@pytest.fixture(scope="module")
-def server(ckpts, inra):
-    """``thinkctl serve`` on the InRa checkpoint, on a free localhost port; yields the base URL."""
-    port = _free_port()
-    log = ckpts["inra"].parent / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "thinkctl.cli", "serve", str(ckpts["inra"]), "--host", "127.0.0.1", "--port", str(port),
-             "--max-model-len", "256"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"server did not come up:\n{log.read_text()[-4000:]}")
-            time.sleep(1)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _completion(url: str, model: str, prompt: list[int], lam: object | None) -> tuple[int, dict]:
-    body: dict = {"model": model, "prompt": prompt, "max_tokens": 32, "temperature": 0, "return_token_ids": True}
-    if lam is not None:
-        body["vllm_xargs"] = {LAMBDA_KEY: lam}
-    return _post(f"{url}/v1/completions", body)
-
-
-def test_server_concurrent_requests_with_different_lambda(server, ckpts, inra, plain):
-    tok = plain["tokenizer"]
-    model = str(ckpts["inra"])
-    jobs = [(0, 0.0), (1, 1.0), (2, 0.0), (3, 1.0)]
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        futures = [pool.submit(_completion, server, model, tok(PROMPTS[i], add_special_tokens=False)["input_ids"], lam) for i, lam in jobs]
-        results = [f.result() for f in futures]
-    for (i, lam), (status, body) in zip(jobs, results):
-        assert status == 200, body
-        assert body["choices"][0]["token_ids"] == inra[lam][i].token_ids, f"prompt {i} at λ={lam}"
-        assert body["choices"][0]["finish_reason"] == inra[lam][i].finish_reason
-
-
-def test_server_invalid_lambda_is_400_and_server_keeps_serving(server, ckpts, inra, plain):
-    model = str(ckpts["inra"])
-    prompt = plain["tokenizer"](PROMPTS[0], add_special_tokens=False)["input_ids"]
-    for bad in ("0.5", "NaN", [1.0]):
-        status, body = _completion(server, model, prompt, bad)
-        assert status == 400, (bad, body)
-        assert "thinkctl_lambda" in json.dumps(body), body
-    req = urllib.request.Request(
-        f"{server}/v1/completions", headers={"Content-Type": "application/json"},
-        data=b'{"model": "%s", "prompt": [4, 5], "max_tokens": 2, "vllm_xargs": {"thinkctl_lambda": NaN}}' % model.encode(),
-    )
-    with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(req, timeout=60)
-    assert err.value.code == 400
-    status, body = _completion(server, model, prompt, 1.0)
-    assert status == 200 and body["choices"][0]["token_ids"] == inra[1.0][0].token_ids
-
-
-def test_server_default_lambda_and_openai_client(server, ckpts, inra, plain):
-    openai = pytest.importorskip("openai")
-    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused")
-    prompt = plain["tokenizer"](PROMPTS[1], add_special_tokens=False)["input_ids"]
-    out = client.completions.create(
-        model=str(ckpts["inra"]), prompt=prompt, max_tokens=32, temperature=0,
-        extra_body={"vllm_xargs": {LAMBDA_KEY: 0.0}, "return_token_ids": True},
-    )
-    assert out.choices[0].token_ids == inra[0.0][1].token_ids
-    status, body = _completion(server, str(ckpts["inra"]), prompt, None)
-    assert status == 200 and body["choices"][0]["token_ids"] == inra[1.0][1].token_ids
 
 
 @pytest.fixture(scope="module")
@@ -347,7 +335,7 @@ def pair(ckpts):
     """Two-model fusion in vLLM (FusedPairForCausalLM) at per-request λ, greedy."""
     backend = make_backend("vllm", str(ckpts["base"]), str(ckpts["aligned"]), dtype="float32", max_model_len=256)
     try:
-        return backend.generate(PROMPTS, MIXED, GREEDY)
+        return {"mixed": backend.generate(PROMPTS, MIXED, GREEDY), "budgets": _budget_runs(backend, [1.0, 0.0, 0.5, -0.5])}
     finally:
         backend.close()
 
@@ -355,8 +343,12 @@ def pair(ckpts):
 def test_fused_pair_matches_transformers_fused_decoding(ckpts, pair):
     hf = HFBackend.from_paths(str(ckpts["base"]), str(ckpts["aligned"]))
     expected = hf.generate(PROMPTS, MIXED, GREEDY)
-    assert _ids(pair) == _ids(expected)
-    assert [c.finish_reason for c in pair] == [c.finish_reason for c in expected]
+    assert _ids(pair["mixed"]) == _ids(expected)
+    assert [c.finish_reason for c in pair["mixed"]] == [c.finish_reason for c in expected]
+
+
+def test_thinking_budget_closes_thinking_and_answers_fused_pair(pair, plain):
+    _check_budgets(pair["budgets"], plain["tokenizer"])
 
 
 @pytest.mark.slow

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+from thinkctl.thinking import THINK_CLOSE
+
 _GSM8K_ANSWER = re.compile(r"####\s*([^\n]+)")
 
 

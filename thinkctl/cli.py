@@ -200,7 +200,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     cfg = ServeConfig(
         model=args.model, aligned=args.aligned, host=args.host, port=args.port, dtype=args.dtype,
         max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
-        served_model_name=args.served_model_name,
+        served_model_name=args.served_model_name, effort=args.effort, policy=args.policy,
+        allow_unauthenticated=args.allow_unauthenticated, vllm_args=args.passthrough,
     )
     code = serve(cfg)
     if code:
@@ -309,15 +310,23 @@ def _args_report(p: argparse.ArgumentParser) -> None:
 
 
 def _args_serve(p: argparse.ArgumentParser) -> None:
+    p.usage = "thinkctl serve MODEL [options] [-- VLLM_SERVE_OPTIONS ...]"
+    p.epilog = ("Options after `--` go to vLLM's server unchanged, e.g. `-- --api-key KEY --max-num-seqs 64 "
+                "--tensor-parallel-size 2`; they win over the options above.")
     p.add_argument("model", help="model dir: plain, InRa checkpoint, or the reference when --aligned is given")
     p.add_argument("--aligned", help="aligned model: serve the pair fused (λ per request)")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1; other hosts need an API key (-- --api-key K)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--dtype", help="default: float32 on CPU, vLLM's choice on GPU")
     p.add_argument("--max-model-len", type=int, dest="max_model_len")
     p.add_argument("--gpu-memory-utilization", type=float, dest="gpu_memory_utilization", help="default 0.3 on CPU")
     p.add_argument("--served-model-name", dest="served_model_name", help="default: the MODEL argument")
-    p.set_defaults(func=cmd_serve)
+    p.add_argument("--effort", help="reasoning_effort → λ: low=1.0,medium=0.5,high=0, an effort table (.json) or a "
+                                    "sweep run dir to calibrate on (default: MODEL/thinkctl_effort.json)")
+    p.add_argument("--policy", help="router policy (thinkctl route fit): λ for requests without λ or effort, or 'auto'")
+    p.add_argument("--allow-unauthenticated", action="store_true", dest="allow_unauthenticated",
+                   help="allow a non-loopback --host without an API key (anyone reaching the port can use it)")
+    p.set_defaults(func=cmd_serve, passthrough=[])
 
 
 def _args_tiny(p: argparse.ArgumentParser) -> None:
@@ -338,7 +347,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "inra": ("InRa: train one model's identity-initialised adapter (sweep and generate take --inra)", _args_inra),
     "route": ("pick λ per query by predicted difficulty, or under a thinking-token budget", _args_route),
     "report": ("Markdown/HTML report with Pareto, length and per-level plots from several runs", _args_report),
-    "serve": ("OpenAI-compatible vLLM server; λ per request via vllm_xargs.thinkctl_lambda", _args_serve),
+    "serve": ("OpenAI-compatible vLLM server: λ per request, effort levels, routing, thinking budgets", _args_serve),
     "tiny": ("the self-built tiny default model pair: `thinkctl tiny build`", _args_tiny),
 }
 
@@ -356,9 +365,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    command = next((a for a in argv if not a.startswith("-")), "")
-    args = build_parser(command).parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # everything after a bare `--` is for the program a command wraps (serve: vLLM's server)
+    passthrough = argv[argv.index("--") + 1:] if "--" in argv else None
+    own = argv if passthrough is None else argv[: argv.index("--")]
+    command = next((a for a in own if not a.startswith("-")), "")
+    parser = build_parser(command)
+    args = parser.parse_args(own)
+    if passthrough is not None:
+        if not hasattr(args, "passthrough"):
+            parser.error(f"`thinkctl {args.command}` takes no options after `--` (only `thinkctl serve` does)")
+        args.passthrough = passthrough
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)

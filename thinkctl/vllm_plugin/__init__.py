@@ -1,5 +1,9 @@
 """thinkctl's vLLM plugin: InRa and two-model fusion as out-of-tree vLLM models, λ per request.
 
+Also registered: the ``thinkctl`` reasoning parser (``<think>`` blocks, reasoning tokens counted as
+thinkctl's grader counts them). The request-level controls of ``thinkctl serve`` (λ from effort levels
+or a router policy) sit above this package, in :mod:`thinkctl.serve.middleware`.
+
 vLLM calls :func:`register` in every process it starts, through the ``vllm.general_plugins`` entry
 point declared in ``pyproject.toml``. On CPU vLLM always *spawns* its workers, so registering in the
 parent process is not enough: the entry point must be visible. thinkctl's launchers call
@@ -37,15 +41,20 @@ ARCHITECTURES = {
     "FusedPairForCausalLM": "thinkctl.vllm_plugin.fused:FusedPairForCausalLM",
 }
 
+#: vLLM reasoning-parser name of thinkctl's ``<think>`` parser (see thinkctl.vllm_plugin.reasoning)
+REASONING_PARSER = "thinkctl"
+
 
 def register() -> None:
-    """Register thinkctl's model classes with vLLM's model registry (idempotent)."""
+    """Register thinkctl's model classes and reasoning parser with vLLM (idempotent)."""
     from vllm import ModelRegistry
+    from vllm.reasoning import ReasoningParserManager
 
     supported = set(ModelRegistry.get_supported_archs())
     for arch, target in ARCHITECTURES.items():
         if arch not in supported:
             ModelRegistry.register_model(arch, target)
+    ReasoningParserManager.register_lazy_module(REASONING_PARSER, "thinkctl.vllm_plugin.reasoning", "ThinkctlReasoningParser")
 
 
 def _entry_point_installed() -> bool:

@@ -109,6 +109,13 @@ class InRaForCausalLM(nn.Module):
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_input_ids(input_ids)
 
+    @staticmethod
+    def get_model_state_cls() -> type:
+        """Model Runner V2's hook: a model state that maps logits rows to requests (see runner_v2)."""
+        from thinkctl.vllm_plugin.runner_v2 import LambdaModelState
+
+        return LambdaModelState
+
     def forward(
         self,
         input_ids: torch.Tensor | None,

@@ -1,36 +1,51 @@
-"""Per-request λ inside vLLM: a V1 logits processor that fills a per-batch λ table read by the model.
+"""Per-request λ inside vLLM: a logits processor records each request's λ in a table the model reads.
 
 Why this shape. vLLM 0.32 gives a model's ``forward``/``compute_logits`` no per-request information,
-and the only supported extension point that sees each request's ``SamplingParams`` is a V1 logits
-processor (:class:`vllm.v1.sample.logits_processor.LogitsProcessor`). A processor cannot do the
-fusion itself: it receives logits already shaped ``(num_reqs, vocab)`` — the sampler, the built-in
-processors (min_tokens, logit_bias), logprobs and structured output all assume that shape, so
-packing both streams' logits into a ``2·vocab`` row is not an option. But the processor's
-``update_state`` is called *before* every forward pass (``InputBatch.refresh_metadata`` runs at the
-end of ``GPUModelRunner._update_states``, which the CPU runner inherits), with the batch index and
-params of each added request and every move/swap of the persistent batch. So the processor keeps
-``λ[batch_index]`` current in a :class:`LambdaTable`, and the model's ``compute_logits`` — whose rows
-are the requests in that same persistent-batch order — reads the table and calls
+and the only supported extension point that sees each request's ``SamplingParams`` is a logits
+processor. A processor cannot do the fusion itself: it receives logits already shaped
+``(rows, vocab)`` — the sampler, the built-in processors (min_tokens, logit_bias, penalties),
+logprobs and structured output all assume that shape, so packing both streams' logits into a
+``2·vocab`` row is not an option. So the processor keeps each request's λ in a :class:`LambdaTable`
+and the model's ``compute_logits`` reads one λ per logits row and calls
 :func:`thinkctl.fusion.fuse_logits`. Everything downstream sees ordinary fused logits.
+
+vLLM 0.32 has two model runners, with different processor interfaces, and picks one at start:
+Model Runner V2 wherever Triton works (every CUDA machine), V1 otherwise (the CPU build, or
+``VLLM_USE_V2_MODEL_RUNNER=0``). :class:`ThinkctlLambdaProcessor` implements both interfaces, so
+the one class name passed as ``logits_processors`` works under whichever runner vLLM chose:
+
+* **V1** (:class:`vllm.v1.sample.logits_processor.LogitsProcessor`): ``update_state`` runs *before*
+  every forward pass with the batch index and params of each added request and every move/swap of
+  the persistent batch, whose order is the order of ``compute_logits`` rows. The table holds
+  ``λ[batch index]``.
+* **V2** (:class:`vllm.v1.worker.gpu.sample.logits_processor.LogitsProcessor`): requests live in
+  recycled *slots* and ``add_request(slot, params)`` is called once per request; logits rows are
+  not requests and are reordered every step. The table holds ``λ[slot]`` (staged on the host, copied
+  to the device in ``apply_staged_writes``), and the model's V2 ``ModelState``
+  (:mod:`thinkctl.vllm_plugin.runner_v2`) records each step's row → slot map before the forward pass,
+  so ``compute_logits`` gathers ``λ[row_slots]``. V2 calls processors only after
+  ``compute_logits``, which is why the map comes from the model state and not from ``apply``.
 
 Processor and model meet through a process-local registry keyed by ``VllmConfig.instance_id``: both
 are built by the same model runner from the same config, in the worker process.
 
 Requests choose λ with ``SamplingParams(extra_args={"thinkctl_lambda": x})`` offline, or
 ``"vllm_xargs": {"thinkctl_lambda": x}`` in an OpenAI-compatible request body; without it the
-checkpoint's default applies. ``validate_params`` runs at request admission in the front end, so an
-invalid λ is refused before it reaches the engine (HTTP 400 from the server).
+checkpoint's default applies. ``validate_params`` runs at request admission in the front end (under
+either runner), so an invalid λ is refused before it reaches the engine (HTTP 400 from the server).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from vllm import SamplingParams
-from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
+from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+from vllm.v1.sample.logits_processor import LogitsProcessor as V1LogitsProcessor
+from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState
+from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as V2LogitsProcessor
 
 from thinkctl.errors import InvalidLambdaError
 from thinkctl.fusion import validate_lambda
@@ -63,26 +78,54 @@ def request_lambda(params: SamplingParams, default: float) -> float:
     return validate_lambda(extra[LAMBDA_KEY])
 
 
-@dataclass
 class LambdaTable:
-    """λ of each row of the persistent batch, plus the batch size it was last updated for.
+    """λ of every request the engine runs, and the way ``compute_logits`` finds the λ of each row.
 
-    ``updated`` stays False while no λ processor has seen a batch (an engine started without it):
-    every row then gets the checkpoint default.
+    ``values`` is indexed by persistent-batch row (V1) or by request slot (V2, after
+    :meth:`use_slots`). ``updated`` stays False while no λ processor has seen a request (an engine
+    started without it): every row then gets the checkpoint default.
     """
 
-    default: float
-    values: torch.Tensor
-    batch_size: int = 0
-    updated: bool = False
+    def __init__(self, default: float, size: int) -> None:
+        self.default = default
+        self.values = torch.full((size,), default, dtype=torch.float32)
+        self.updated = False
+        #: V1: the batch size the rows were last updated for
+        self.batch_size = 0
+        #: V2: ``values`` on the runner's device, and this step's request slot of each logits row
+        self.slot_values: torch.Tensor | None = None
+        self.row_slots: torch.Tensor | None = None
+        self._dirty = False
+
+    def use_slots(self, num_slots: int, device: torch.device) -> None:
+        """Switch to V2 indexing: one value per request slot, mirrored on ``device``."""
+        self.values = torch.full((num_slots,), self.default, dtype=torch.float32)
+        self.slot_values = self.values.to(device)
+
+    def set_slot(self, slot: int, lam: float) -> None:
+        self.values[slot] = lam
+        self.updated = self._dirty = True
+
+    def flush(self) -> None:
+        """Copy staged slot values to the device (V2 calls this once per step before the forward)."""
+        if self._dirty and self.slot_values is not None:
+            self.slot_values.copy_(self.values)
+            self._dirty = False
 
     def rows(self, n: int) -> torch.Tensor | float:
         """λ for ``n`` logits rows: per-row values when they describe the current batch.
 
-        Any other row count comes from vLLM's dummy and profiling runs, whose output is discarded;
-        they get the default so the forward stays well-defined.
+        Any other row count comes from vLLM's dummy, profiling and prompt-logprob runs, whose output
+        is discarded (or not per request); they get the default so the forward stays well-defined.
         """
-        if self.updated and n == self.batch_size:
+        if not self.updated:
+            return self.default
+        if self.slot_values is not None:
+            slots = self.row_slots
+            if slots is not None and slots.shape[0] == n:
+                return self.slot_values[slots.to(self.slot_values.device, torch.long)]
+            return self.default
+        if n == self.batch_size:
             return self.values[:n].clone()
         return self.default
 
@@ -109,16 +152,18 @@ def lambda_table(vllm_config: VllmConfig) -> LambdaTable | None:
                 "start vLLM with logits_processors=[%r] (thinkctl serve and the vllm backend do)",
                 default, LAMBDA_KEY, PROCESSOR_FQCN,
             )
-        size = vllm_config.scheduler_config.max_num_seqs
-        _TABLES[key] = LambdaTable(default, torch.full((size,), default, dtype=torch.float32))
+        _TABLES[key] = LambdaTable(default, vllm_config.scheduler_config.max_num_seqs)
     return _TABLES[key]
 
 
-class ThinkctlLambdaProcessor(LogitsProcessor):
-    """Tracks each request's λ by persistent-batch index; the fusion itself happens in the model.
+class ThinkctlLambdaProcessor(V1LogitsProcessor, V2LogitsProcessor):
+    """Records each request's λ for the model; the fusion itself happens in ``compute_logits``.
 
+    Implements the V1 and the V2 processor interface (see the module docstring): vLLM constructs it
+    as ``(vllm_config, device, is_pin_memory)`` under V1 and ``(vllm_config, req_states)`` under V2.
     ``apply`` returns the logits unchanged, which is why the processor declares itself argmax
-    invariant: vLLM may then skip it in greedy batches, and nothing is lost.
+    invariant (V1: vLLM may skip it in greedy batches) and modifies no request (V2 ``add_request``
+    returns False): nothing is lost either way.
     """
 
     @classmethod
@@ -128,14 +173,22 @@ class ThinkctlLambdaProcessor(LogitsProcessor):
         except InvalidLambdaError as e:
             raise ValueError(f"{LAMBDA_KEY}: {e}") from None
 
-    def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool) -> None:
+    def __init__(self, vllm_config: VllmConfig, *runner_args: Any) -> None:
         self.table = lambda_table(vllm_config)
+        v2 = len(runner_args) == 1 and isinstance(runner_args[0], LogitsProcRequestState)
+        if v2 and self.table is not None:
+            req_states: LogitsProcRequestState = runner_args[0]
+            self.table.use_slots(req_states.max_num_reqs, req_states.device)
+
+    # ------------------------------------------------------------ shared
+
+    def apply(self, logits: torch.Tensor, ctx: LogitsContext | None = None) -> torch.Tensor:
+        return logits
+
+    # ------------------------------------------------------------ V1 interface
 
     def is_argmax_invariant(self) -> bool:
         return True
-
-    def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         table = self.table
@@ -153,3 +206,14 @@ class ThinkctlLambdaProcessor(LogitsProcessor):
             else:
                 values[b] = values[a]
         table.batch_size = batch_update.batch_size
+
+    # ------------------------------------------------------------ V2 interface
+
+    def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
+        if self.table is not None:
+            self.table.set_slot(req_idx, request_lambda(sampling_params, self.table.default))
+        return False
+
+    def apply_staged_writes(self) -> None:
+        if self.table is not None:
+            self.table.flush()
