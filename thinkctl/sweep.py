@@ -20,6 +20,7 @@ from thinkctl.io import append_jsonl, drop_partial_tail
 from thinkctl.records import RecordKey, graded_record, read_records
 from thinkctl.rollout import BackendConfig, RolloutBackend
 from thinkctl.sampling import SamplingConfig
+from thinkctl.thinking import prompt_opens_thinking
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,8 @@ def run_sweep(
             chunk = todo[start : start + chunk_size]
             completions = backend.generate([prompts[p.id] for p, _, _ in chunk], [lam for _, lam, _ in chunk], sampling.derive(start))
             records = [
-                graded_record(problem, completion, tokenizer, benchmark=benchmark, method=method, model=model, sample=s)
+                graded_record(problem, completion, tokenizer, benchmark=benchmark, method=method, model=model, sample=s,
+                              opened=prompt_opens_thinking(prompts[problem.id]))
                 for (problem, _, s), completion in zip(chunk, completions)
             ]
             append_jsonl(results_path, [r.to_dict() for r in records])
