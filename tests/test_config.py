@@ -40,10 +40,24 @@ def test_flags_are_generated_from_the_fields_and_override_the_recipe(tmp_path):
     add_flags(parser, SweepConfig)
     args = parser.parse_args(["--max-new-tokens", "64", "--lambdas", "0,1", "--engine", "vllm"])
     cfg = load_section(SweepConfig, recipe, "sweep", flag_values(args, SweepConfig))
-    assert cfg.benchmark == "gsm8k" and cfg.lambdas == [0.0, 1.0]
+    assert cfg.benchmark == ["gsm8k"] and cfg.lambdas == [0.0, 1.0]
     assert cfg.sampling == SamplingConfig(max_new_tokens=64, temperature=0.6)
     assert (cfg.backend.engine, cfg.backend.batch_size) == ("vllm", 8)
     assert "nucleus sampling" in parser.format_help()  # help text comes from the field
+
+
+def test_a_sweep_takes_one_benchmark_or_several(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_flags(parser, SweepConfig)
+    args = parser.parse_args(["--benchmark", "aime24, aime25,math500=data/math500.jsonl", "--prompt-template", "r1-math"])
+    cfg = load_section(SweepConfig, None, "sweep", flag_values(args, SweepConfig))
+    assert cfg.benchmark == ["aime24", "aime25", "math500=data/math500.jsonl"] and cfg.prompt.prompt_template == "r1-math"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("sweep:\n  benchmark: [aime24, aime25]\n  chunk_size: 0\n")
+    with pytest.raises(ConfigError, match="chunk_size must be at least 1"):
+        load_section(SweepConfig, recipe, "sweep")
+    assert SweepConfig(benchmark="gsm8k").benchmark == ["gsm8k"]
+    assert SweepConfig().limit is None  # the whole benchmark unless a limit is given
 
 
 def test_lambda_flags_reject_what_validate_lambda_rejects(capsys):

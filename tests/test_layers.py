@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1] / "thinkctl"
 LAYERS: list[set[str]] = [
     {"errors", "thinking", "stats"},
     {"answers", "batch", "fusion", "io", "models"},
-    {"config"},
-    {"sampling", "losses", "effort", "vllm_plugin"},
+    {"config", "runs"},
+    {"sampling", "prompts", "losses", "effort", "vllm_plugin"},
     {"decoding", "data"},
     {"rollout"},
     {"grading"},
