@@ -51,7 +51,7 @@ def test_sweep_records_summary_and_plot(tmp_path) -> None:
     assert len(records) == 30
     r = records[0]
     assert set(r) >= {"benchmark", "method", "model", "problem_id", "level", "lam", "sample", "response", "answer",
-                      "gold", "correct", "thinking_tokens", "total_tokens", "finish_reason"}
+                      "gold", "correct", "thinking_tokens", "total_tokens", "finish_reason", "thinking_closed"}
     summary = summarize(load_records([tmp_path]))
     by_lam = summary.set_index("lam")
     assert by_lam.loc[0.0, "accuracy"] == 1.0 and by_lam.loc[1.5, "accuracy"] == 0.5
@@ -206,3 +206,31 @@ def test_device_and_dtype_default_to_the_best_available(monkeypatch) -> None:
     assert (BackendConfig().resolved().device, BackendConfig().resolved().dtype) == ("cuda", "bfloat16")
     assert BackendConfig(device="cpu").resolved().dtype == "float32"
     assert BackendConfig(dtype="float16").resolved() == BackendConfig(device="cuda", dtype="float16")
+
+
+class CutOffBackend(ScriptedBackend):
+    """Like ScriptedBackend, but at λ = 0 the even problems run out of tokens mid-thought, a box already written."""
+
+    def generate(self, prompts, lam, sampling):
+        out = super().generate(prompts, lam, sampling)
+        for i, (prompt, completion) in enumerate(zip(prompts, out)):
+            n = int(prompt.split()[1])
+            if completion.lam == 0 and n % 2 == 0:
+                text = f"<think> 1 1 1 maybe \\boxed{{ {n + 1} }}"
+                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+                out[i] = Completion(text=text.replace("{ ", "{").replace(" }", "}"), token_ids=ids, finish_reason="length", lam=0.0)
+        return out
+
+
+def test_cut_off_thinking_has_no_answer_is_kept_and_the_limit_share_is_summarised(tmp_path) -> None:
+    run_sweep(CutOffBackend(), PROBLEMS, [0, 1], SamplingConfig(), tmp_path, benchmark="toy")
+    records = read_jsonl(tmp_path / "results.jsonl")
+    cut = [r for r in records if r["finish_reason"] == "length"]
+    assert len(records) == 20 and len(cut) == 5
+    assert all(r["answer"] is None and r["correct"] is False and r["thinking_closed"] is False for r in cut)
+    assert all(r["thinking_closed"] is True for r in records if r["finish_reason"] == "stop")
+    by_lam = summarize(load_records([tmp_path])).set_index("lam")
+    assert (by_lam.loc[0.0, "hit_limit"], by_lam.loc[0.0, "unclosed"], by_lam.loc[0.0, "accuracy"]) == (0.5, 0.5, 0.5)
+    assert by_lam.loc[1.0, "hit_limit"] == 0.0
+    md = (tmp_path / "summary.md").read_text()
+    assert "hit limit %" in md.splitlines()[0] and "| toy | fused | 0 | 10 | 50.0 |" in md and "| 50.0 | 10 × 1 |" in md
