@@ -93,6 +93,8 @@ def test_generate_defaults_to_the_reference_alone(saved_pair, capsys) -> None:
     assert "## 2 + 2 =" in capsys.readouterr().out
     assert main(["generate", "--ref", ref, "--lambda", "1", "x"]) == 2
     assert "needs an aligned model" in capsys.readouterr().err
+    assert main(["generate", "--ref", ref, "--prompt-template", "r1", "x"]) == 2
+    assert "'r1' is neither a preset (plain, r1-math) nor a text containing {question}" in capsys.readouterr().err
 
 
 def test_sweep_resume_under_other_settings_is_refused_and_overwrite_starts_afresh(saved_pair, tmp_path, capsys) -> None:

@@ -118,3 +118,14 @@ def test_derived_seeds_are_distinct_for_sampling_and_unused_for_greedy():
 def test_generate_defaults_to_lambda_zero_which_every_model_source_has():
     cfg = load_section(GenerateConfig, None, "generate")
     assert cfg.lambda_ == 0.0 and cfg.sampling == SamplingConfig()
+
+
+def test_suites_for_real_checkpoints_evaluate_whole_benchmarks_with_the_r1_instruction():
+    for name in ("math500", "gsm8k", "aime", "aime25", "paper"):
+        cfg = load_section(SweepConfig, REPO / "evals" / f"{name}.yaml", "sweep")
+        assert cfg.limit is None and cfg.prompt.prompt_template == "r1-math", name
+        assert (cfg.backend.device, cfg.backend.dtype) == ("auto", "auto"), name
+    paper = load_section(SweepConfig, REPO / "evals" / "paper.yaml", "sweep")
+    assert paper.benchmark == ["aime24", "aime25", "math500"] and paper.n_samples == 8
+    assert (paper.sampling.temperature, paper.sampling.top_p, paper.sampling.max_new_tokens) == (0.7, 0.95, 16384)
+    assert load_section(SweepConfig, REPO / "evals" / "tiny.yaml", "sweep").prompt.prompt_template == "plain"

@@ -55,6 +55,8 @@ def test_parquet_and_limit(tmp_path) -> None:
 
 def test_render_prompt_falls_back_without_a_chat_template(word_tokenizer) -> None:
     assert render_prompt(word_tokenizer, "1 + 1") == "Question: 1 + 1\nAnswer:"
+    with_system = PromptConfig("{question} (show work)", system_prompt="Be brief.")
+    assert render_prompt(word_tokenizer, "1 + 1", with_system) == "Be brief.\n\nQuestion: 1 + 1 (show work)\nAnswer:"
 
 
 def test_truncated_tail_is_tolerated_and_dropped(tmp_path) -> None:
