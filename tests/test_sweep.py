@@ -186,7 +186,7 @@ def test_ctrl_c_saves_the_finished_samples_of_the_chunk_in_flight(tmp_path, monk
     monkeypatch.setattr(hf, "fused_generate", fake_generate)
     backend = hf.HFBackend(None, None, tokenizer, batch_size=2, progress=False)
     problems = PROBLEMS[:8]
-    with pytest.raises(Interrupted, match=r"interrupted: 4 samples are saved in .*results\.jsonl \(4 of this run to go\)"):
+    with pytest.raises(Interrupted, match=r"interrupted: 4 samples are saved in .*results\.jsonl \(4 of toy/fused to go\)"):
         run_sweep(backend, problems, [0.0], SamplingConfig(), tmp_path, benchmark="toy", chunk_size=8)
     assert len(read_jsonl(tmp_path / "results.jsonl")) == 4  # two finished batches of the interrupted chunk
     calls.clear()

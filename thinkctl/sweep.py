@@ -155,7 +155,7 @@ def run_sweep(
                 saved += len(finished)
                 raise Interrupted(
                     f"interrupted: {len(done) + saved} samples are saved in {results_path} "
-                    f"({len(todo) - saved} of this run to go); rerun the same command to resume"
+                    f"({len(todo) - saved} of {benchmark}/{method} to go); rerun the same command to resume"
                 ) from None
             save(chunk, completions)
             saved += len(chunk)
@@ -236,12 +236,10 @@ def run_sweep_config(
     backend = open_backend()
     try:
         for name, benchmark_problems in problems.items():
-            results = run_sweep(
-                backend, benchmark_problems, cfg.lambdas, cfg.sampling, out_dir, benchmark=name, method=method,
-                model=model, n_samples=cfg.n_samples, chunk_size=cfg.chunk_size, prompt=cfg.prompt, summarize=False,
-            )
+            run_sweep(backend, benchmark_problems, cfg.lambdas, cfg.sampling, out_dir, benchmark=name, method=method,
+                      model=model, n_samples=cfg.n_samples, chunk_size=cfg.chunk_size, prompt=cfg.prompt, summarize=False)
     finally:
         backend.close()
     write_sweep_summary(out_dir)
-    return results
+    return Path(out_dir) / RESULTS_FILE
 
