@@ -55,6 +55,7 @@ class SampleRecord:
     thinking_tokens: int
     total_tokens: int
     finish_reason: str = ""  # "stop" or "length" (cut off by max_new_tokens)
+    thinking_forced: bool | None = None  # a thinking budget closed the think block (None: no budget set)
     route_point: str | None = None  # routed records: the routing policy that chose λ
     route_estimator: str | None = None  # routed records: the router's estimator
 
@@ -105,7 +106,7 @@ def graded_record(
         benchmark=benchmark, method=method, model=model, problem_id=problem.id, level=problem.level,
         lam=completion.lam, sample=sample, response=completion.text, answer=result.answer, gold=problem.answer,
         correct=result.correct, thinking_tokens=result.thinking_tokens, total_tokens=completion.num_tokens,
-        finish_reason=completion.finish_reason,
+        finish_reason=completion.finish_reason, thinking_forced=completion.meta.get("thinking_forced"),
     )
 
 

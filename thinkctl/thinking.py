@@ -20,6 +20,28 @@ if TYPE_CHECKING:
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
+def think_token_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int] | None:
+    """The ids of ``<think>`` and ``</think>`` when each is one token of ``tokenizer``, else None.
+
+    Controlling thinking while decoding (a budget that forces ``</think>``, a floor that holds it back,
+    vLLM's reasoning parser) needs the markers as single tokens; a tokenizer that merely lists them in
+    its vocabulary but splits the text (a pre-tokenizer that breaks on ``<``) cannot be controlled.
+    """
+    vocab = tokenizer.get_vocab()
+    if all(t in vocab and tokenizer.encode(t, add_special_tokens=False) == [vocab[t]] for t in (THINK_OPEN, THINK_CLOSE)):
+        return vocab[THINK_OPEN], vocab[THINK_CLOSE]
+    return None
+
+
+def opens_thinking(prompt_ids: Sequence[int], markers: tuple[int, int]) -> bool:
+    """Whether a prompt leaves a think block open, so the response starts inside it (R1's template)."""
+    open_id, close_id = markers
+    ids = list(prompt_ids)
+    last_open = max((i for i, t in enumerate(ids) if t == open_id), default=-1)
+    last_close = max((i for i, t in enumerate(ids) if t == close_id), default=-1)
+    return last_open > last_close
+
+
 def count_thinking_tokens(token_ids: Sequence[int], tokenizer: PreTrainedTokenizerBase) -> int:
     """Tokens inside the think block of a response (see module docstring)."""
     vocab = tokenizer.get_vocab()

