@@ -55,8 +55,9 @@ class ThinkingControl:
     """Each row's place in its first think block, to force ``</think>`` at a budget or hold it back below a floor.
 
     Counting matches :func:`thinkctl.thinking.count_thinking_tokens`: the tokens strictly inside the
-    first block, from the first response token when the prompt opened the block (``inside``). So a
-    budget of B yields exactly B thinking tokens by that count, then ``</think>``.
+    first block, from the first response token when the prompt opened the block (``inside``), a stray
+    ``<think>`` inside it not counted. So a budget of B yields exactly B thinking tokens by that count,
+    then ``</think>``.
     """
 
     def __init__(
@@ -92,7 +93,7 @@ class ThinkingControl:
         """Account for the tokens just chosen; returns which rows had ``</think>`` forced this step."""
         closing = self.inside & (tokens == self.close_id)
         opening = ~self.inside & ~self.closed & (tokens == self.open_id)
-        self.count += (self.inside & ~closing).long()
+        self.count += (self.inside & ~closing & (tokens != self.open_id)).long()
         self.inside = (self.inside & ~closing) | opening
         self.closed |= closing
         return self.at_budget
