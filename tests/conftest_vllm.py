@@ -1,6 +1,7 @@
-"""Helpers for the vLLM and serving tests: tiny checkpoints on disk, an InRa checkpoint in the plugin's
-format, a synthetic router policy, and the transformers reference for the InRa dual path
-(full-sequence recompute, no cache, so it shares no code with the path under test).
+"""Helpers for the vLLM, serving and thinking-budget tests: tiny checkpoints on disk, an InRa checkpoint
+in the plugin's format, a synthetic router policy, the transformers reference for the InRa dual path
+(full-sequence recompute, no cache, so it shares no code with the path under test), and the check that a
+thinking budget behaves the same on every engine. Nothing here imports vLLM.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
 
 from tests.conftest import make_random_lm, make_word_tokenizer
 from thinkctl.fusion import fuse_logits
+from thinkctl.sampling import SamplingConfig
+from thinkctl.thinking import count_thinking_tokens
 
 ADAPTER_ZEROED = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
 #: R1-style: the generation prompt opens the think block, so responses start inside it
@@ -139,3 +142,34 @@ def synthetic_policy(path: Path) -> Path:
     ]
     fit_router(records, estimator="bins", questions=questions, features=["n_numbers"]).save(path)
     return path
+
+
+#: prompts whose think block is opened by the prompt (R1 style), so thinking starts with the first token
+THINK_PROMPTS = [f"{a} + {b} = <think>" for a, b in [(1, 2), (3, 4), (5, 6), (7, 8)]]
+BUDGETS = (None, 0, 2, 5)
+THINK_OPEN, THINK_CLOSE = 2, 3  # ids in the test word tokenizer
+
+
+def budget_runs(backend, lam: float | list[float]) -> dict:
+    """Greedy continuations of THINK_PROMPTS under each of BUDGETS (24 new tokens)."""
+    return {b: backend.generate(THINK_PROMPTS, lam, SamplingConfig(max_new_tokens=24, max_thinking_tokens=b)) for b in BUDGETS}
+
+
+def check_budgets(runs: dict, tokenizer) -> None:
+    """A budget of B: B thinking tokens at most, then ``</think>`` and an answer, the same tokens as without
+    a budget up to there; a first think block that ends (``</think>`` or EOS) before B is left alone."""
+    free = runs[None]
+    for budget in BUDGETS[1:]:
+        for i, c in enumerate(runs[budget]):
+            unbudgeted = free[i].token_ids
+            natural_end = next((j for j, t in enumerate(unbudgeted) if t in (THINK_CLOSE, 0)), len(unbudgeted))
+            assert c.meta["thinking_budget"] == budget and c.meta["thinking_forced"] == (natural_end >= budget)
+            if natural_end < budget:  # (a think block the model reopens later gets the budget again)
+                assert c.token_ids[: natural_end + 1] == unbudgeted[: natural_end + 1], f"budget {budget}, prompt {i}"
+                continue
+            assert THINK_CLOSE in c.token_ids, f"budget {budget}, prompt {i}: thinking was not closed"
+            close = c.token_ids.index(THINK_CLOSE)
+            assert close == budget == count_thinking_tokens(c.token_ids[: close + 1], tokenizer, opened=True)
+            assert len(c.token_ids) > close + 1, "an answer follows the closed think block"
+            assert c.token_ids[:close] == unbudgeted[:close], "the budget changes nothing before it acts"
+    assert any(c.meta["thinking_forced"] for c in runs[2]), "some free runs should think longer than 2 tokens"

@@ -177,7 +177,7 @@ def test_ctrl_c_saves_the_finished_samples_of_the_chunk_in_flight(tmp_path, monk
     answer = tokenizer("<think> 1 </think> \\boxed{ 1 }", add_special_tokens=False)["input_ids"]
     calls = []
 
-    def fake_generate(reference, aligned, input_ids, mask, lams, sampling, stop):
+    def fake_generate(reference, aligned, input_ids, mask, lams, sampling, stop, thinking=None):
         calls.append(len(lams))
         if len(calls) == 3:
             raise KeyboardInterrupt

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,9 +22,15 @@ except ImportError as e:
 
 from vllm.exceptions import VLLMValidationError
 
-from tests.conftest_vllm import hf_inra_greedy, load_hf_inra, save_random_model, write_inra_checkpoint
+from tests.conftest_vllm import (
+    budget_runs,
+    check_budgets,
+    hf_inra_greedy,
+    load_hf_inra,
+    save_random_model,
+    write_inra_checkpoint,
+)
 from thinkctl.errors import ConfigError, InvalidLambdaError
-from thinkctl.thinking import count_thinking_tokens
 from thinkctl.rollout import make_backend
 from thinkctl.rollout.hf import HFBackend
 from thinkctl.sampling import SamplingConfig
@@ -37,42 +42,6 @@ PROMPTS = [f"the answer is {a} + {b} =" for a, b in [(1, 2), (3, 4), (5, 6), (7,
 MIXED = [0.0, 0.5, 1.0, 1.5, -0.5, 0.0, 0.5, 1.0, 1.5, -0.5]
 GREEDY = SamplingConfig(max_new_tokens=32)
 SAMPLED = SamplingConfig(max_new_tokens=16, temperature=1.0, top_p=0.9, seed=3)
-#: prompts whose think block is opened by the prompt (R1 style), so thinking starts with the first token
-THINK_PROMPTS = [f"{a} + {b} = <think>" for a, b in [(1, 2), (3, 4), (5, 6), (7, 8)]]
-BUDGETS = (None, 0, 2, 5)
-THINK_OPEN, THINK_CLOSE = 2, 3  # ids in the test word tokenizer
-
-
-@dataclass(frozen=True)
-class BudgetSampling(SamplingConfig):
-    """SamplingConfig plus the thinking budget the vLLM backend reads (``max_thinking_tokens``)."""
-
-    max_thinking_tokens: int | None = None
-
-
-def _budget_runs(backend, lam: float | list[float]) -> dict:
-    """Greedy continuations of THINK_PROMPTS under each of BUDGETS (24 new tokens)."""
-    return {b: backend.generate(THINK_PROMPTS, lam, BudgetSampling(max_new_tokens=24, max_thinking_tokens=b)) for b in BUDGETS}
-
-
-def _check_budgets(runs: dict, tokenizer) -> None:
-    """A budget of B: B thinking tokens at most, then ``</think>`` and an answer, the same tokens as without
-    a budget up to there; a first think block that ends (``</think>`` or EOS) before B is left alone."""
-    free = runs[None]
-    for budget in BUDGETS[1:]:
-        for i, c in enumerate(runs[budget]):
-            unbudgeted = free[i].token_ids
-            natural_end = next((j for j, t in enumerate(unbudgeted) if t in (THINK_CLOSE, 0)), len(unbudgeted))
-            assert c.meta["thinking_budget"] == budget and c.meta["thinking_forced"] == (natural_end >= budget)
-            if natural_end < budget:  # (a think block the model reopens later gets the budget again)
-                assert c.token_ids[: natural_end + 1] == unbudgeted[: natural_end + 1], f"budget {budget}, prompt {i}"
-                continue
-            assert THINK_CLOSE in c.token_ids, f"budget {budget}, prompt {i}: thinking was not closed"
-            close = c.token_ids.index(THINK_CLOSE)
-            assert close == budget == count_thinking_tokens(c.token_ids[: close + 1], tokenizer)
-            assert len(c.token_ids) > close + 1, "an answer follows the closed think block"
-            assert c.token_ids[:close] == unbudgeted[:close], "the budget changes nothing before it acts"
-    assert any(c.meta["thinking_forced"] for c in runs[2]), "some free runs should think longer than 2 tokens"
 
 
 @pytest.fixture(scope="module")
@@ -218,12 +187,12 @@ def plain(ckpts):
             "tokenizer": backend.tokenizer,
             "greedy": backend.generate(PROMPTS, 0.0, GREEDY),
             "sampled": [backend.generate(PROMPTS, 0.0, SAMPLED) for _ in range(2)],
-            "budgets": _budget_runs(backend, 0.0),
+            "budgets": budget_runs(backend, 0.0),
         }
         with pytest.raises(ConfigError, match="second stream"):
             backend.generate(PROMPTS[:1], 1.0, GREEDY)
         with pytest.raises(ConfigError, match="max_thinking_tokens must be a non-negative integer"):
-            backend.generate(PROMPTS[:1], 0.0, BudgetSampling(max_thinking_tokens=-1))
+            backend.generate(PROMPTS[:1], 0.0, SamplingConfig(max_thinking_tokens=-1))
     finally:
         backend.close()
     return res
@@ -245,7 +214,7 @@ def test_plain_vllm_matches_transformers_backend(ckpts, plain):
 
 
 def test_thinking_budget_closes_thinking_and_answers_plain(plain):
-    _check_budgets(plain["budgets"], plain["tokenizer"])
+    check_budgets(plain["budgets"], plain["tokenizer"])
 
 
 def test_plain_vllm_sampling_is_seeded(plain):
@@ -280,7 +249,7 @@ def inra(ckpts):
         with pytest.raises(InvalidLambdaError):
             backend.generate(PROMPTS[:1], math.nan, GREEDY)
         res["after_bad"] = backend.generate(PROMPTS[:2], [0.0, 1.0], GREEDY)
-        res["budgets"] = _budget_runs(backend, [0.0, 1.0, 0.5, 1.5])
+        res["budgets"] = budget_runs(backend, [0.0, 1.0, 0.5, 1.5])
     finally:
         backend.close()
     return res
@@ -321,7 +290,7 @@ def test_inra_sampling_with_per_request_lambda_is_seeded(inra):
 
 
 def test_thinking_budget_closes_thinking_and_answers_inra(inra, plain):
-    _check_budgets(inra["budgets"], plain["tokenizer"])
+    check_budgets(inra["budgets"], plain["tokenizer"])
 
 
 def test_inra_invalid_lambda_is_refused_and_engine_keeps_serving(inra):
@@ -335,7 +304,7 @@ def pair(ckpts):
     """Two-model fusion in vLLM (FusedPairForCausalLM) at per-request λ, greedy."""
     backend = make_backend("vllm", str(ckpts["base"]), str(ckpts["aligned"]), dtype="float32", max_model_len=256)
     try:
-        return {"mixed": backend.generate(PROMPTS, MIXED, GREEDY), "budgets": _budget_runs(backend, [1.0, 0.0, 0.5, -0.5])}
+        return {"mixed": backend.generate(PROMPTS, MIXED, GREEDY), "budgets": budget_runs(backend, [1.0, 0.0, 0.5, -0.5])}
     finally:
         backend.close()
 
@@ -348,7 +317,7 @@ def test_fused_pair_matches_transformers_fused_decoding(ckpts, pair):
 
 
 def test_thinking_budget_closes_thinking_and_answers_fused_pair(pair, plain):
-    _check_budgets(pair["budgets"], plain["tokenizer"])
+    check_budgets(pair["budgets"], plain["tokenizer"])
 
 
 @pytest.mark.slow

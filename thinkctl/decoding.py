@@ -13,6 +13,10 @@ every live sequence are not run at all, so λ = 0 costs exactly one forward pass
 
 Finished sequences are dropped from the batch and from both caches as soon as they stop, so a batch of
 short and long thinkers costs what its live rows cost, not ``batch × longest``.
+
+A :class:`ThinkingControl` composes with λ: λ sets how the model wants to think, the control sets hard
+limits on the think block (a budget after which ``</think>`` is forced, so the answer still follows, and
+a floor below which ``</think>`` and end-of-text are held back).
 """
 
 from __future__ import annotations
@@ -36,10 +40,66 @@ class LogitStream(Protocol):
 
 @dataclass
 class GenerationResult:
-    """Generated tokens per input row (prompt excluded, stop token included) and why each ended."""
+    """Generated tokens per input row (prompt excluded, stop token included) and why each ended.
+
+    ``thinking_forced`` says per row whether a thinking budget closed the think block (None when no
+    :class:`ThinkingControl` was given).
+    """
 
     token_ids: list[list[int]]
     finish_reasons: list[str]
+    thinking_forced: list[bool] | None = None
+
+
+class ThinkingControl:
+    """Each row's place in its first think block, to force ``</think>`` at a budget or hold it back below a floor.
+
+    Counting matches :func:`thinkctl.thinking.count_thinking_tokens`: the tokens strictly inside the
+    first block, from the first response token when the prompt opened the block (``inside``), a stray
+    ``<think>`` inside it not counted. So a budget of B yields exactly B thinking tokens by that count,
+    then ``</think>``.
+    """
+
+    def __init__(
+        self,
+        markers: tuple[int, int],
+        inside: Sequence[bool],
+        max_tokens: int | None,
+        min_tokens: int | None,
+        stop_token_ids: Sequence[int],
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.open_id, self.close_id = markers
+        self.max_tokens, self.min_tokens = max_tokens, min_tokens
+        self.held_back = torch.as_tensor([self.close_id, *stop_token_ids], device=device)
+        self.inside = torch.as_tensor(list(inside), dtype=torch.bool, device=device)
+        self.closed = torch.zeros_like(self.inside)
+        self.count = torch.zeros(self.inside.shape, dtype=torch.long, device=device)
+        self.at_budget = torch.zeros_like(self.inside)
+
+    def constrain(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` with the budget and floor applied (a new tensor when anything changes)."""
+        self.at_budget = self.inside & (self.count >= self.max_tokens) if self.max_tokens is not None else torch.zeros_like(self.inside)
+        below = self.inside & (self.count < self.min_tokens) if self.min_tokens else torch.zeros_like(self.inside)
+        if not bool(self.at_budget.any() | below.any()):
+            return logits
+        logits = logits.clone()
+        logits[self.at_budget] = float("-inf")
+        logits[self.at_budget, self.close_id] = 0.0
+        logits[below.nonzero().unsqueeze(-1), self.held_back] = float("-inf")
+        return logits
+
+    def advance(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Account for the tokens just chosen; returns which rows had ``</think>`` forced this step."""
+        closing = self.inside & (tokens == self.close_id)
+        opening = ~self.inside & ~self.closed & (tokens == self.open_id)
+        self.count += (self.inside & ~closing & (tokens != self.open_id)).long()
+        self.inside = (self.inside & ~closing) | opening
+        self.closed |= closing
+        return self.at_budget
+
+    def select(self, keep: torch.Tensor) -> None:
+        self.inside, self.closed, self.count = self.inside[keep], self.closed[keep], self.count[keep]
 
 
 class _StreamState:
@@ -93,11 +153,13 @@ def fused_generate(
     lam: float | Sequence[float] | torch.Tensor,
     sampling: SamplingConfig,
     stop_token_ids: Sequence[int],
+    thinking: ThinkingControl | None = None,
 ) -> GenerationResult:
     """Generate from ``λ·z_aligned + (1−λ)·z_ref`` for a left-padded batch of prompts.
 
     ``aligned`` may be None only when every λ is 0 (plain decoding of ``ref``). ``lam`` is one float
-    or one value per row. Returns tokens per row in input order.
+    or one value per row; ``thinking`` (one state per row) bounds the think block. Returns tokens per
+    row in input order.
     """
     batch = input_ids.shape[0]
     device = input_ids.device
@@ -133,6 +195,7 @@ def fused_generate(
     rows = torch.arange(batch, device=device)
     out_tokens: list[list[int]] = [[] for _ in range(batch)]
     finish = ["length"] * batch
+    forced = [False] * batch
     last_pos = pos[:, -1]
     for step in range(sampling.max_new_tokens):
         z_ref = streams["ref"].logits if "ref" in live else None
@@ -144,7 +207,12 @@ def fused_generate(
         else:
             logits = fuse_logits(z_al, z_ref, lams)
         assert logits is not None
+        if thinking is not None:
+            logits = thinking.constrain(logits)
         next_tokens = sample_next(logits, sampling, generator)
+        if thinking is not None:
+            for i in rows[thinking.advance(next_tokens)].tolist():
+                forced[i] = True
         for i, tok in zip(rows.tolist(), next_tokens.tolist()):
             out_tokens[i].append(tok)
         done = torch.isin(next_tokens, stop)
@@ -157,9 +225,11 @@ def fused_generate(
             rows, lams, mask, last_pos, next_tokens = rows[keep], lams[keep], mask[keep], last_pos[keep], next_tokens[keep]
             for name in live:
                 streams[name].select(keep)
+            if thinking is not None:
+                thinking.select(keep)
             live = [name for name in live if name in needed()]
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         last_pos = last_pos + 1
         for name in live:
             streams[name].forward(next_tokens.unsqueeze(-1), mask, last_pos.unsqueeze(-1))
-    return GenerationResult(token_ids=out_tokens, finish_reasons=finish)
+    return GenerationResult(out_tokens, finish, forced if thinking is not None else None)

@@ -56,6 +56,7 @@ class SampleRecord:
     total_tokens: int
     finish_reason: str = ""  # "stop" or "length" (cut off by max_new_tokens: the sample hit the limit)
     thinking_closed: bool | None = None  # False: the think block never closed (no answer); None: no block, or not recorded
+    thinking_forced: bool | None = None  # a thinking budget closed the think block (None: no budget set)
     route_point: str | None = None  # routed records: the routing policy that chose λ
     route_estimator: str | None = None  # routed records: the router's estimator
 
@@ -113,6 +114,7 @@ def graded_record(
         lam=completion.lam, sample=sample, response=completion.text, answer=result.answer, gold=problem.answer,
         correct=result.correct, thinking_tokens=result.thinking_tokens, total_tokens=completion.num_tokens,
         finish_reason=completion.finish_reason, thinking_closed=result.thinking_closed,
+        thinking_forced=completion.meta.get("thinking_forced"),
     )
 
 

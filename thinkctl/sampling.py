@@ -22,6 +22,12 @@ class SamplingConfig:
     temperature: float = option(0.0, "sampling temperature; 0 = greedy")
     top_p: float = option(1.0, "nucleus sampling: keep the most likely tokens up to this total probability")
     seed: int = option(0, "random seed of the sampling (in sweeps and realign also of generated benchmarks' problems)")
+    max_thinking_tokens: int | None = option(
+        None, "thinking budget: after this many thinking tokens </think> is forced and the answer follows (none: no cap)"
+    )
+    min_thinking_tokens: int | None = option(
+        None, "thinking floor: </think> and end-of-text are held back until this many thinking tokens (s1-style)"
+    )
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -30,6 +36,19 @@ class SamplingConfig:
             raise ConfigError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        for name in ("max_thinking_tokens", "min_thinking_tokens"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.max_thinking_tokens is not None and (self.min_thinking_tokens or 0) > self.max_thinking_tokens:
+            raise ConfigError(
+                f"min_thinking_tokens ({self.min_thinking_tokens}) is above max_thinking_tokens ({self.max_thinking_tokens})"
+            )
+
+    @property
+    def controls_thinking(self) -> bool:
+        """Whether decoding must track the think block (a budget or a floor is set)."""
+        return self.max_thinking_tokens is not None or self.min_thinking_tokens is not None
 
     @property
     def greedy(self) -> bool:

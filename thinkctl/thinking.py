@@ -28,6 +28,19 @@ if TYPE_CHECKING:
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
+def think_token_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int] | None:
+    """The ids of ``<think>`` and ``</think>`` when each is one token of ``tokenizer``, else None.
+
+    Controlling thinking while decoding (a budget that forces ``</think>``, a floor that holds it back,
+    vLLM's reasoning parser) needs the markers as single tokens; a tokenizer that merely lists them in
+    its vocabulary but splits the text (a pre-tokenizer that breaks on ``<``) cannot be controlled.
+    """
+    vocab = tokenizer.get_vocab()
+    if all(t in vocab and tokenizer.encode(t, add_special_tokens=False) == [vocab[t]] for t in (THINK_OPEN, THINK_CLOSE)):
+        return vocab[THINK_OPEN], vocab[THINK_CLOSE]
+    return None
+
+
 def prompt_opens_thinking(prompt: str) -> bool:
     """Whether a rendered prompt ends inside an open think block (its last ``<think>`` is never closed)."""
     return prompt.rfind(THINK_OPEN) > prompt.rfind(THINK_CLOSE)

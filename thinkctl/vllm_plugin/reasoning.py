@@ -12,22 +12,10 @@ with the records a user calibrated on would be useless for budgeting, so this pa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from vllm.reasoning.deepseek_r1_reasoning_parser import DeepSeekR1ReasoningParser
 
-from thinkctl.thinking import THINK_CLOSE, THINK_OPEN, count_thinking_tokens
-
-
-def tokenizer_thinks(tokenizer: Any) -> bool:
-    """Whether ``<think>`` and ``</think>`` are each one token of ``tokenizer``.
-
-    The reasoning parser looks the markers up in the vocabulary and the thinking budget encodes them,
-    so both must hold; a tokenizer that merely lists them in its vocabulary but splits the text
-    (a pre-tokenizer that breaks on ``<``) cannot be budgeted.
-    """
-    vocab = tokenizer.get_vocab()
-    return all(t in vocab and tokenizer.encode(t, add_special_tokens=False) == [vocab[t]] for t in (THINK_OPEN, THINK_CLOSE))
+from thinkctl.thinking import count_thinking_tokens
 
 
 class ThinkctlReasoningParser(DeepSeekR1ReasoningParser):
