@@ -31,7 +31,7 @@ from vllm.config import VllmConfig
 
 from thinkctl.errors import ConfigError, ModelLoadError
 from thinkctl.fusion import fuse_logits, validate_lambda
-from thinkctl.vllm_plugin.lam import lambda_table
+from thinkctl.vllm_plugin.lam import lambda_model_state_cls, lambda_table
 from thinkctl.vllm_plugin.layers import checkpoint_tensors, resolve_checkpoint_dir
 
 SECTION = "thinkctl_fusion"
@@ -110,12 +110,7 @@ class FusedPairForCausalLM(nn.Module):
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.reference.embed_input_ids(input_ids)
 
-    @staticmethod
-    def get_model_state_cls() -> type:
-        """Model Runner V2's hook: a model state that maps logits rows to requests (see runner_v2)."""
-        from thinkctl.vllm_plugin.runner_v2 import LambdaModelState
-
-        return LambdaModelState
+    get_model_state_cls = staticmethod(lambda_model_state_cls)
 
     def forward(
         self,

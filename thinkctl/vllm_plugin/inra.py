@@ -39,7 +39,7 @@ from vllm.model_executor.models.utils import AutoWeightsLoader, maybe_prefix
 
 from thinkctl.errors import ConfigError
 from thinkctl.fusion import fuse_logits, validate_lambda
-from thinkctl.vllm_plugin.lam import lambda_table
+from thinkctl.vllm_plugin.lam import lambda_model_state_cls, lambda_table
 from thinkctl.vllm_plugin.layers import (
     base_arch,
     checkpoint_tensors,
@@ -109,12 +109,7 @@ class InRaForCausalLM(nn.Module):
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_input_ids(input_ids)
 
-    @staticmethod
-    def get_model_state_cls() -> type:
-        """Model Runner V2's hook: a model state that maps logits rows to requests (see runner_v2)."""
-        from thinkctl.vllm_plugin.runner_v2 import LambdaModelState
-
-        return LambdaModelState
+    get_model_state_cls = staticmethod(lambda_model_state_cls)
 
     def forward(
         self,

@@ -133,6 +133,17 @@ class LambdaTable:
 _TABLES: dict[str, LambdaTable] = {}
 
 
+def lambda_model_state_cls() -> type:
+    """Model Runner V2's ``get_model_state_cls`` hook for the dual-stream models.
+
+    V2 reorders logits rows every step; its model state records each step's row → request-slot map
+    before the forward pass (see :mod:`thinkctl.vllm_plugin.runner_v2`, imported only when V2 asks).
+    """
+    from thinkctl.vllm_plugin.runner_v2 import LambdaModelState
+
+    return LambdaModelState
+
+
 def processor_installed(vllm_config: VllmConfig) -> bool:
     """Whether the engine was started with the λ processor among its ``logits_processors``."""
     names = {p if isinstance(p, str) else f"{p.__module__}:{p.__qualname__}" for p in vllm_config.model_config.logits_processors or ()}
