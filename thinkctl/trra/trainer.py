@@ -177,13 +177,12 @@ def save_student(trainer: TrRaTrainer, tokenizer: Any, cfg: TrRaConfig) -> Path:
     """
     path = final_student_path(cfg)
     main = trainer.accelerator.is_main_process
-    if cfg.use_lora:  # one process or DDP (TrRaTrainer refuses sharded LoRA): the weights are whole here
-        if main:
-            trainer.accelerator.unwrap_model(trainer.model).merge_and_unload().eval().save_pretrained(path)
-    else:
-        trainer.save_model(str(path))
-    if main:
+    if not cfg.use_lora:
+        trainer.save_model(str(path))  # weights and the tokenizer (the trainer's processing class)
+    elif main:  # one process or DDP (TrRaTrainer refuses sharded LoRA): the weights are whole here
+        trainer.accelerator.unwrap_model(trainer.model).merge_and_unload().eval().save_pretrained(path)
         tokenizer.save_pretrained(path)
+    if main:
         atomic_write_json(path / FINAL_MARKER, {"config": asdict(cfg), "global_step": trainer.state.global_step})
     trainer.accelerator.wait_for_everyone()
     return path
