@@ -93,3 +93,47 @@ def test_generate_defaults_to_the_reference_alone(saved_pair, capsys) -> None:
     assert "## 2 + 2 =" in capsys.readouterr().out
     assert main(["generate", "--ref", ref, "--lambda", "1", "x"]) == 2
     assert "needs an aligned model" in capsys.readouterr().err
+    assert main(["generate", "--ref", ref, "--prompt-template", "r1", "x"]) == 2
+    assert "'r1' is neither a preset (plain, r1-math) nor a text containing {question}" in capsys.readouterr().err
+
+
+def test_sweep_resume_under_other_settings_is_refused_and_overwrite_starts_afresh(saved_pair, tmp_path, capsys) -> None:
+    ref, al, bench = saved_pair
+    out = tmp_path / "run"
+    argv = ["sweep", "--ref", ref, "--aligned", al, "--benchmark", bench, "--lambdas", "0,1", "--out", str(out), "--chunk-size", "3"]
+    assert main([*argv, "--max-new-tokens", "6", "--prompt-template", "r1-math"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--max-new-tokens", "4", "--prompt-template", "r1-math"]) == 2
+    err = capsys.readouterr().err
+    assert "sampling.max_new_tokens: 6 (recorded) → 4 (now)" in err and "--overwrite" in err
+    assert main([*argv, "--max-new-tokens", "6"]) == 2
+    assert "prompt.template" in capsys.readouterr().err
+    assert main([*argv, "--max-new-tokens", "4", "--overwrite"]) == 0
+    assert all(0 < r["total_tokens"] <= 4 for r in read_jsonl(out / "results.jsonl"))
+    assert len(list(out.glob("replaced-*/results.jsonl"))) == 1
+
+
+def test_ctrl_c_exits_with_one_line_and_status_130(saved_pair, tmp_path, capsys, monkeypatch) -> None:
+    import thinkctl.rollout.hf as hf
+
+    ref, al, bench = saved_pair
+    real, calls = hf.fused_generate, []
+
+    def interrupted_after_one_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hf, "fused_generate", interrupted_after_one_batch)
+    out = tmp_path / "run"
+    argv = ["sweep", "--ref", ref, "--aligned", al, "--benchmark", bench, "--lambdas", "0", "--max-new-tokens", "4",
+            "--batch-size", "2", "--out", str(out)]
+    assert main(argv) == 130
+    err = capsys.readouterr().err  # progress bars, then one line from thinkctl
+    ours = [line for line in err.splitlines() if line.startswith("thinkctl:")]
+    assert len(ours) == 1 and "Traceback" not in err and err.endswith(ours[0] + "\n")
+    assert ours[0].startswith("thinkctl: interrupted: 2 samples are saved in") and "rerun the same command to resume" in ours[0]
+    assert len(read_jsonl(out / "results.jsonl")) == 2
+    monkeypatch.setattr(hf, "fused_generate", real)
+    assert main(argv) == 0 and len(read_jsonl(out / "results.jsonl")) == 5

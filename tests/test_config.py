@@ -40,10 +40,24 @@ def test_flags_are_generated_from_the_fields_and_override_the_recipe(tmp_path):
     add_flags(parser, SweepConfig)
     args = parser.parse_args(["--max-new-tokens", "64", "--lambdas", "0,1", "--engine", "vllm"])
     cfg = load_section(SweepConfig, recipe, "sweep", flag_values(args, SweepConfig))
-    assert cfg.benchmark == "gsm8k" and cfg.lambdas == [0.0, 1.0]
+    assert cfg.benchmark == ["gsm8k"] and cfg.lambdas == [0.0, 1.0]
     assert cfg.sampling == SamplingConfig(max_new_tokens=64, temperature=0.6)
     assert (cfg.backend.engine, cfg.backend.batch_size) == ("vllm", 8)
     assert "nucleus sampling" in parser.format_help()  # help text comes from the field
+
+
+def test_a_sweep_takes_one_benchmark_or_several(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_flags(parser, SweepConfig)
+    args = parser.parse_args(["--benchmark", "aime24, aime25,math500=data/math500.jsonl", "--prompt-template", "r1-math"])
+    cfg = load_section(SweepConfig, None, "sweep", flag_values(args, SweepConfig))
+    assert cfg.benchmark == ["aime24", "aime25", "math500=data/math500.jsonl"] and cfg.prompt.prompt_template == "r1-math"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("sweep:\n  benchmark: [aime24, aime25]\n  chunk_size: 0\n")
+    with pytest.raises(ConfigError, match="chunk_size must be at least 1"):
+        load_section(SweepConfig, recipe, "sweep")
+    assert SweepConfig(benchmark="gsm8k").benchmark == ["gsm8k"]
+    assert SweepConfig().limit is None  # the whole benchmark unless a limit is given
 
 
 def test_lambda_flags_reject_what_validate_lambda_rejects(capsys):
@@ -104,3 +118,14 @@ def test_derived_seeds_are_distinct_for_sampling_and_unused_for_greedy():
 def test_generate_defaults_to_lambda_zero_which_every_model_source_has():
     cfg = load_section(GenerateConfig, None, "generate")
     assert cfg.lambda_ == 0.0 and cfg.sampling == SamplingConfig()
+
+
+def test_suites_for_real_checkpoints_evaluate_whole_benchmarks_with_the_r1_instruction():
+    for name in ("math500", "gsm8k", "aime", "aime25", "paper"):
+        cfg = load_section(SweepConfig, REPO / "evals" / f"{name}.yaml", "sweep")
+        assert cfg.limit is None and cfg.prompt.prompt_template == "r1-math", name
+        assert (cfg.backend.device, cfg.backend.dtype) == ("auto", "auto"), name
+    paper = load_section(SweepConfig, REPO / "evals" / "paper.yaml", "sweep")
+    assert paper.benchmark == ["aime24", "aime25", "math500"] and paper.n_samples == 8
+    assert (paper.sampling.temperature, paper.sampling.top_p, paper.sampling.max_new_tokens) == (0.7, 0.95, 16384)
+    assert load_section(SweepConfig, REPO / "evals" / "tiny.yaml", "sweep").prompt.prompt_template == "plain"

@@ -1,12 +1,14 @@
 """Benchmark loading from local files, malformed-data errors, and durable JSONL/atomic writes."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from thinkctl.data import load_benchmark, render_prompt
-from thinkctl.errors import DataFormatError
+from thinkctl.data import benchmark_name, load_benchmark, render_prompt
+from thinkctl.errors import ConfigError, DataFormatError
+from thinkctl.prompts import PromptConfig
 from thinkctl.io import append_jsonl, atomic_write_text, drop_partial_tail, read_jsonl
 
 
@@ -53,6 +55,8 @@ def test_parquet_and_limit(tmp_path) -> None:
 
 def test_render_prompt_falls_back_without_a_chat_template(word_tokenizer) -> None:
     assert render_prompt(word_tokenizer, "1 + 1") == "Question: 1 + 1\nAnswer:"
+    with_system = PromptConfig("{question} (show work)", system_prompt="Be brief.")
+    assert render_prompt(word_tokenizer, "1 + 1", with_system) == "Be brief.\n\nQuestion: 1 + 1 (show work)\nAnswer:"
 
 
 def test_truncated_tail_is_tolerated_and_dropped(tmp_path) -> None:
@@ -89,3 +93,58 @@ def test_tiny_registers_itself_as_a_benchmark() -> None:
     assert [(p.id, p.question, p.answer, p.level) for p in problems] == [
         (p.id, p.question, p.answer, p.level) for p in generate_problems(5, seed=2, split="test")
     ]
+
+
+AIME25_DIR = Path(__file__).parent / "fixtures" / "aime25"  # synthetic problems in opencompass/AIME2025's schema
+
+R1_TEMPLATE = (  # DeepSeek-R1-Distill's chat template, reduced to what matters here: it opens <think> in the prompt
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}"
+    "{% elif m['role'] == 'user' %}<|User|>{{ m['content'] }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|Assistant|><think>\n{% endif %}"
+)
+
+
+def test_prompt_templates_presets_custom_text_and_system_prompt(word_tokenizer) -> None:
+    word_tokenizer.chat_template = R1_TEMPLATE
+    question = r"What is $\frac{1}{2} + \frac{1}{2}$?"
+    assert render_prompt(word_tokenizer, question) == f"<|User|>{question}<|Assistant|><think>\n"
+    r1 = render_prompt(word_tokenizer, question, PromptConfig("r1-math"))
+    assert r1 == (f"<|User|>{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+                  "<|Assistant|><think>\n")
+    custom = PromptConfig("Solve: {question} Box it: \\boxed{}.", system_prompt="You are careful.")
+    assert render_prompt(word_tokenizer, question, custom) == (
+        f"You are careful.<|User|>Solve: {question} Box it: \\boxed{{}}.<|Assistant|><think>\n")
+    with pytest.raises(ConfigError, match=r"'r1-maths' is neither a preset \(plain, r1-math\) nor a text containing \{question\}"):
+        PromptConfig("r1-maths")
+
+
+def test_the_default_prompt_is_the_bare_question_the_tiny_models_were_trained_on() -> None:
+    from thinkctl.sweep import SweepConfig
+
+    assert SweepConfig().prompt == PromptConfig() and PromptConfig().template == "{question}"
+
+
+def test_aime25_from_local_files_under_its_name() -> None:
+    problems = load_benchmark(f"aime25={AIME25_DIR}")
+    assert [p.id for p in problems] == ["aime2025-I-1", "aime2025-I-2", "aime2025-I-3", "aime2025-II-1", "aime2025-II-2"]
+    assert problems[1].answer == "24" and benchmark_name(f"aime25={AIME25_DIR}") == "aime25"
+    assert [p.id for p in load_benchmark(str(AIME25_DIR / "aime2025-II.jsonl"))] == ["1", "2"]
+    with pytest.raises(DataFormatError, match="benchmark aime25: no such file or directory"):
+        load_benchmark("aime25=/nowhere/aime25.jsonl")
+
+
+def test_aime25_from_the_hub_concatenates_exams_i_and_ii(monkeypatch) -> None:
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, config, split):
+        calls.append((path, config, split))
+        stem = {"AIME2025-I": "aime2025-I", "AIME2025-II": "aime2025-II"}[config]
+        return [json.loads(line) for line in (AIME25_DIR / f"{stem}.jsonl").read_text().splitlines()]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    problems = load_benchmark("aime25")
+    assert calls == [("opencompass/AIME2025", "AIME2025-I", "test"), ("opencompass/AIME2025", "AIME2025-II", "test")]
+    assert [p.id for p in problems][:2] == ["AIME2025-I-1", "AIME2025-I-2"] and len(problems) == 5
+    assert problems[-1].id == "AIME2025-II-2" and problems[-1].answer == "210"

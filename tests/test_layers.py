@@ -15,10 +15,10 @@ ROOT = Path(__file__).resolve().parents[1] / "thinkctl"
 
 #: bottom to top; names in one layer may not import each other (each is its own package)
 LAYERS: list[set[str]] = [
-    {"errors", "thinking"},
+    {"errors", "thinking", "stats"},
     {"answers", "batch", "fusion", "io", "models"},
-    {"config"},
-    {"sampling", "losses", "effort", "vllm_plugin"},
+    {"config", "runs"},
+    {"sampling", "prompts", "losses", "effort", "vllm_plugin"},
     {"decoding", "data"},
     {"rollout"},
     {"grading"},

@@ -51,3 +51,42 @@ def test_missing_path_and_non_causal_lm(tmp_path) -> None:
     with pytest.raises(ModelLoadError, match="model_type='vit'.*not a causal language model"):
         load_causal_lm(str(vit))
     assert json.loads((vit / "config.json").read_text())["model_type"] == "vit"
+
+
+def test_model_identity_fingerprints_files_cheaply_and_by_content(tmp_path) -> None:
+    import shutil
+
+    from thinkctl.models import SAMPLE_BYTES, file_fingerprint, model_identity
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text('{"model_type": "qwen2"}')
+    weights = bytearray(b"\0" * (6 * SAMPLE_BYTES))  # large: fingerprinted by size, head and tail
+    (ckpt / "model.safetensors").write_bytes(weights)
+    (ckpt / "README.md").write_text("notes do not make the model")
+    before = model_identity(str(ckpt))
+    assert set(before["files"]) == {"config.json", "model.safetensors"}
+    assert before["files"]["model.safetensors"].startswith(f"{6 * SAMPLE_BYTES}:")
+    shutil.copytree(ckpt, tmp_path / "copy")
+    assert model_identity(str(tmp_path / "copy")) == before  # content, not path or mtime
+    weights[10] = 1  # retrained weights change the first tensors' bytes
+    (ckpt / "model.safetensors").write_bytes(weights)
+    assert model_identity(str(ckpt))["files"]["model.safetensors"] != before["files"]["model.safetensors"]
+    assert file_fingerprint(ckpt / "config.json") != file_fingerprint(tmp_path / "copy" / "README.md")
+
+
+def test_model_identity_of_a_hub_name_resolves_the_cached_snapshot_offline(tmp_path, monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    from thinkctl.models import model_identity
+
+    commit = "a" * 40
+    repo = tmp_path / "models--org--thinker"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text("{}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    identity = model_identity("org/thinker")
+    assert identity["revision"] == commit and set(identity["files"]) == {"config.json"}
+    assert model_identity("org/not-downloaded") == {"name": "org/not-downloaded"}

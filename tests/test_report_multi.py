@@ -14,7 +14,9 @@ from tests.fixtures.synthetic_sweep import LAMBDAS, make_sweep
 from thinkctl.cli import main
 from thinkctl.errors import DataFormatError
 from thinkctl.records import load_records
-from thinkctl.report import LENGTHS_PNG, LEVELS_PNG, PARETO_PNG, build_report, point_summary
+from thinkctl.report import (
+    LENGTHS_PNG, LEVELS_PNG, PARETO_PNG, accuracy_limits, across_benchmarks, build_report, place_labels, point_summary,
+)
 from thinkctl.router import evaluate_routing, fit_router
 
 FIXTURE = Path(__file__).parent / "fixtures" / "synthetic_sweep.jsonl"
@@ -131,3 +133,64 @@ def test_overlapping_runs_count_each_sample_once(tmp_path):
     twice = summarize(load_records([FIXTURE, FIXTURE]))
     pd.testing.assert_frame_equal(once, twice)
     assert len(load_records([FIXTURE, FIXTURE])) == len(load_records([FIXTURE]))
+
+
+def _rows(benchmark, method, lam, thinking, ids, model="pair", correct=True, **extra):
+    return [{"benchmark": benchmark, "method": method, "model": model, "problem_id": str(i), "lam": lam, "correct": correct,
+             "thinking_tokens": thinking, "total_tokens": thinking + 5, "finish_reason": "stop", **extra} for i in ids]
+
+
+def test_every_reduction_is_against_the_reference_on_the_same_problems(tmp_path):
+    records = (
+        _rows("b", "fused", 0.0, 100, range(10)) + _rows("b", "fused", 1.0, 50, range(10))
+        + _rows("b", "student", 0.0, 40, range(5), model="student")  # its own λ=0 is not the reference
+        + _rows("b", "fused", 0.0, 300, range(10, 14), model="other")  # problems the student never saw
+        + _rows("b", "inra", 0.0, 80, range(10), model="dial") + _rows("b", "inra", 1.0, 24, range(10), model="dial")
+        + _rows("b", "routed", 1.0, 20, range(10), model="dial", route_point="logistic threshold=0.5")
+    )
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    points = point_summary(load_records([path])).set_index(["method", "point"])
+    student = points.loc[("student", "λ=0")]
+    assert student["token_reduction_pct"] == pytest.approx(60.0)  # 40 vs the reference's 100 on problems 0–4
+    assert (student["reference"], student["shared_problems"]) == ("fused λ=0", 5)
+    assert points.loc[("fused", "λ=1"), "token_reduction_pct"] == pytest.approx(100 * (1 - 50 / 100))
+    assert points.loc[("inra", "λ=1"), "token_reduction_pct"] == pytest.approx(70.0)  # vs its base, inra λ=0
+    assert points.loc[("routed", "logistic threshold=0.5"), "reference"] == "inra λ=0"  # routed over the dial
+    html = (build_report([path], tmp_path / "rep").parent / "report.html").read_text(encoding="utf-8")
+    assert "thinking reduction vs reference %" in html and "fused λ=0 (5 problems)" in html
+    assert "vs λ=0 %" not in html
+
+
+def test_paper_report_gives_avg_at_k_intervals_and_the_mean_reduction_over_benchmarks(tmp_path):
+    records = []
+    for benchmark, (ref_tokens, tokens) in {"aime24": (4000, 3000), "aime25": (5000, 2500), "math500": (2000, 1800)}.items():
+        for s in range(8):
+            records += _rows(benchmark, "fused", 0.0, ref_tokens, range(30), sample=s, correct=s < 6)
+            records += _rows(benchmark, "fused", 0.5, tokens, range(30), sample=s, correct=s < 5)
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    table = across_benchmarks(point_summary(load_records([path]))).set_index("λ / policy")
+    assert table.loc["λ=0.5", "aime24 reduction %"] == 25.0 and table.loc["λ=0.5", "aime25 reduction %"] == 50.0
+    assert table.loc["λ=0.5", "mean reduction %"] == pytest.approx((25 + 50 + 10) / 3, abs=0.05)
+    assert table.loc["λ=0.5", "over benchmarks"] == 3
+    assert table.loc["λ=0", "aime24 accuracy %"] == "75.0 [75.0, 75.0]"  # every problem 6 of 8: no spread to resample
+    md = build_report([path], tmp_path / "rep").read_text(encoding="utf-8")
+    assert "## All benchmarks" in md and "| fused | λ=0.5 | 62.5 [62.5, 62.5] | 25 |" in md
+    assert "| fused | λ=0 | 30 × 8 | 75 |" in md
+
+
+def test_accuracy_axis_fits_the_data_and_lambda_labels_never_overlap():
+    bottom, top = accuracy_limits([0.93, 0.95], [0.99, 1.0])
+    assert 90 <= bottom < 93 and 100 <= top <= 101
+    bottom, top = accuracy_limits([0.5], [0.52])
+    assert top - bottom >= 10 and bottom < 50 and top > 52
+    anchors = [(100 + 3 * i, 100 + (i % 2)) for i in range(12)]  # a tight cluster
+    sizes = [(14.0, 7.0)] * 12
+    offsets = place_labels(anchors, sizes)
+    boxes = [(x + o[0], y + o[1], x + o[0] + w, y + o[1] + h) for (x, y), (w, h), o in zip(anchors, sizes, offsets) if o]
+    assert 2 <= len(boxes) < 12  # some labels fit, the rest are left out
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3])
+    assert all(o is not None for o in place_labels([(0, 0), (200, 200)], [(10, 7)] * 2))

@@ -1,18 +1,21 @@
 """Sweeps: graded records, resume after an interruption, summaries and plots."""
 
+import dataclasses
 import json
 from collections.abc import Sequence
 
 import pytest
 
 from tests.conftest import make_word_tokenizer
-from thinkctl.data import Problem
+from thinkctl.data import Problem, load_benchmark
 from thinkctl.io import read_jsonl
+from thinkctl.prompts import PromptConfig
 from thinkctl.records import load_records
 from thinkctl.report import summarize
 from thinkctl.rollout.base import Completion, RolloutBackend
+from thinkctl.runs import RunSettingsError, differences
 from thinkctl.sampling import SamplingConfig
-from thinkctl.sweep import run_sweep
+from thinkctl.sweep import SweepConfig, run_sweep, run_sweep_config
 
 PROBLEMS = [Problem(str(i), f"{i} + 1", str(i + 1), level=1 + i % 2) for i in range(10)]
 
@@ -48,7 +51,7 @@ def test_sweep_records_summary_and_plot(tmp_path) -> None:
     assert len(records) == 30
     r = records[0]
     assert set(r) >= {"benchmark", "method", "model", "problem_id", "level", "lam", "sample", "response", "answer",
-                      "gold", "correct", "thinking_tokens", "total_tokens", "finish_reason"}
+                      "gold", "correct", "thinking_tokens", "total_tokens", "finish_reason", "thinking_closed"}
     summary = summarize(load_records([tmp_path]))
     by_lam = summary.set_index("lam")
     assert by_lam.loc[0.0, "accuracy"] == 1.0 and by_lam.loc[1.5, "accuracy"] == 0.5
@@ -89,3 +92,145 @@ def test_report_errors_on_empty_or_malformed_files(tmp_path) -> None:
     bad.write_text(json.dumps({"benchmark": "x"}) + "\n")
     with pytest.raises(DataFormatError, match="record 1 lacks field"):
         load_records([bad])
+
+
+def write_benchmark(path, n: int = 6):
+    path.write_text("".join(json.dumps({"id": str(i), "question": f"{i} + 1", "answer": str(i + 1)}) + "\n" for i in range(n)))
+    return str(path)
+
+
+def fake_checkpoint(path, weights: bytes = b"w" * 64):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    (path / "model.safetensors").write_bytes(weights)
+    return str(path)
+
+
+def sweep_into(out, cfg, models, overwrite=False, backend=None):
+    backend = backend or ScriptedBackend()
+    run_sweep_config(cfg, lambda: backend, out, method="fused", model=" + ".join(models.values()), models=models,
+                     overwrite=overwrite)
+    return backend
+
+
+def test_a_run_records_its_settings_and_refuses_to_resume_under_others(tmp_path) -> None:
+    bench = write_benchmark(tmp_path / "bench.jsonl")
+    models = {"reference": fake_checkpoint(tmp_path / "ref"), "aligned": fake_checkpoint(tmp_path / "al")}
+    cfg = SweepConfig(benchmark=bench, lambdas=[0.0, 1.0], sampling=SamplingConfig(max_new_tokens=64),
+                      prompt=PromptConfig("r1-math"))
+    out = tmp_path / "run"
+    sweep_into(out, cfg, models)
+    run = json.loads((out / "run.json").read_text())
+    settings = run["settings"]
+    assert settings["sampling"]["max_new_tokens"] == 64 and settings["method"] == "fused"
+    assert settings["prompt"]["template"].endswith("put your final answer within \\boxed{}.")
+    assert (settings["device"], settings["dtype"]) == ("cpu", "float32")  # auto, resolved on this CPU machine
+    assert settings["benchmarks"]["bench"]["n_problems"] == 6 and settings["benchmarks"]["bench"]["limit"] is None
+    assert set(settings["models"]["reference"]["files"]) == {"config.json", "model.safetensors"}
+    assert run["context"]["models"] == models
+
+    # same settings, more λ: resumes and only generates the new ones
+    assert sweep_into(out, dataclasses.replace(cfg, lambdas=[0.0, 1.0, 0.5]), models).generated == 6
+    # a smaller max_new_tokens and retrained aligned weights: refused, naming both with old and new values
+    fake_checkpoint(tmp_path / "al", weights=b"v" * 64)
+    smaller = dataclasses.replace(cfg, sampling=SamplingConfig(max_new_tokens=32))
+    with pytest.raises(RunSettingsError) as err:
+        sweep_into(out, smaller, models)
+    message = str(err.value)
+    assert "sampling.max_new_tokens: 64 (recorded) → 32 (now)" in message
+    assert "models.aligned.files.model.safetensors" in message and "--overwrite" in message
+    assert len(read_jsonl(out / "results.jsonl")) == 18  # nothing was mixed in
+
+    # --overwrite moves the earlier results aside and starts afresh
+    sweep_into(out, smaller, models, overwrite=True)
+    aside = next(out.glob("replaced-*"))
+    assert sorted(p.name for p in aside.iterdir()) == ["results.jsonl", "run.json", "summary.csv", "summary.md", "sweep.png"]
+    assert len(read_jsonl(aside / "results.jsonl")) == 18 and len(read_jsonl(out / "results.jsonl")) == 12
+    assert json.loads((out / "run.json").read_text())["settings"]["sampling"]["max_new_tokens"] == 32
+
+
+def test_results_without_a_settings_record_are_not_resumed_blindly(tmp_path) -> None:
+    bench = write_benchmark(tmp_path / "bench.jsonl", 3)
+    out = tmp_path / "old-run"
+    run_sweep(ScriptedBackend(), load_benchmark(bench), [0.0], SamplingConfig(), out, benchmark="bench")
+    cfg = SweepConfig(benchmark=bench, lambdas=[0.0])
+    with pytest.raises(RunSettingsError, match="has no run.json"):
+        sweep_into(out, cfg, {"reference": "some/hub-model"})
+    sweep_into(out, cfg, {"reference": "some/hub-model"}, overwrite=True)
+    assert json.loads((out / "run.json").read_text())["settings"]["models"] == {"reference": {"name": "some/hub-model"}}
+
+
+def test_settings_added_later_do_not_break_older_records_and_benchmarks_may_be_added() -> None:
+    recorded = {"sampling": {"temperature": 0.7}, "benchmarks": {"aime24": {"limit": None}}}
+    now = {"sampling": {"temperature": 0.7, "max_thinking_tokens": None}, "benchmarks": {"aime24": {"limit": None}, "aime25": {"limit": None}}}
+    assert differences(recorded, now) == []
+    assert differences(recorded, {**now, "sampling": {"temperature": 0.6}}) == [("sampling.temperature", 0.7, 0.6)]
+    assert differences(recorded, {**now, "benchmarks": {"aime24": {"limit": 10}}}) == [("benchmarks.aime24.limit", None, 10)]
+
+
+def test_ctrl_c_saves_the_finished_samples_of_the_chunk_in_flight(tmp_path, monkeypatch) -> None:
+    import thinkctl.rollout.hf as hf
+    from thinkctl.decoding import GenerationResult
+    from thinkctl.errors import Interrupted
+
+    tokenizer = make_word_tokenizer()
+    answer = tokenizer("<think> 1 </think> \\boxed{ 1 }", add_special_tokens=False)["input_ids"]
+    calls = []
+
+    def fake_generate(reference, aligned, input_ids, mask, lams, sampling, stop):
+        calls.append(len(lams))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return GenerationResult(token_ids=[list(answer) for _ in lams], finish_reasons=["stop"] * len(lams))
+
+    monkeypatch.setattr(hf, "fused_generate", fake_generate)
+    backend = hf.HFBackend(None, None, tokenizer, batch_size=2, progress=False)
+    problems = PROBLEMS[:8]
+    with pytest.raises(Interrupted, match=r"interrupted: 4 samples are saved in .*results\.jsonl \(4 of toy/fused to go\)"):
+        run_sweep(backend, problems, [0.0], SamplingConfig(), tmp_path, benchmark="toy", chunk_size=8)
+    assert len(read_jsonl(tmp_path / "results.jsonl")) == 4  # two finished batches of the interrupted chunk
+    calls.clear()
+    run_sweep(backend, problems, [0.0], SamplingConfig(), tmp_path, benchmark="toy", chunk_size=8)
+    assert sum(calls) == 4 and len({r["problem_id"] for r in read_jsonl(tmp_path / "results.jsonl")}) == 8
+
+
+def test_device_and_dtype_default_to_the_best_available(monkeypatch) -> None:
+    import torch
+
+    from thinkctl.rollout import BackendConfig
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert BackendConfig().resolved() == BackendConfig(device="cpu", dtype="float32")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert (BackendConfig().resolved().device, BackendConfig().resolved().dtype) == ("cuda", "bfloat16")
+    assert BackendConfig(device="cpu").resolved().dtype == "float32"
+    assert BackendConfig(dtype="float16").resolved() == BackendConfig(device="cuda", dtype="float16")
+
+
+class CutOffBackend(ScriptedBackend):
+    """Like ScriptedBackend, but at λ = 0 the even problems run out of tokens mid-thought, a box already written."""
+
+    def generate(self, prompts, lam, sampling):
+        out = super().generate(prompts, lam, sampling)
+        for i, (prompt, completion) in enumerate(zip(prompts, out)):
+            n = int(prompt.split()[1])
+            if completion.lam == 0 and n % 2 == 0:
+                text = f"<think> 1 1 1 maybe \\boxed{{ {n + 1} }}"
+                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+                out[i] = Completion(text=text.replace("{ ", "{").replace(" }", "}"), token_ids=ids, finish_reason="length", lam=0.0)
+        return out
+
+
+def test_cut_off_thinking_has_no_answer_is_kept_and_the_limit_share_is_summarised(tmp_path) -> None:
+    run_sweep(CutOffBackend(), PROBLEMS, [0, 1], SamplingConfig(), tmp_path, benchmark="toy")
+    records = read_jsonl(tmp_path / "results.jsonl")
+    cut = [r for r in records if r["finish_reason"] == "length"]
+    assert len(records) == 20 and len(cut) == 5
+    assert all(r["answer"] is None and r["correct"] is False and r["thinking_closed"] is False for r in cut)
+    assert all(r["thinking_closed"] is True for r in records if r["finish_reason"] == "stop")
+    by_lam = summarize(load_records([tmp_path])).set_index("lam")
+    assert (by_lam.loc[0.0, "hit_limit"], by_lam.loc[0.0, "unclosed"], by_lam.loc[0.0, "accuracy"]) == (0.5, 0.5, 0.5)
+    assert by_lam.loc[1.0, "hit_limit"] == 0.0
+    md = (tmp_path / "summary.md").read_text()
+    assert "hit limit %" in md.splitlines()[0] and "| toy | fused | 0 | 10 | 50.0 |" in md and "| 50.0 | 10 × 1 |" in md

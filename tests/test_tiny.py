@@ -134,6 +134,7 @@ def test_tiny_recipe_spells_out_the_built_in_defaults() -> None:
     from dataclasses import asdict
     from pathlib import Path
 
+    from thinkctl.cli import DEMO_DEFAULTS
     from thinkctl.config import load_section
     from thinkctl.sweep import SweepConfig
 
@@ -141,4 +142,4 @@ def test_tiny_recipe_spells_out_the_built_in_defaults() -> None:
     assert load_section(TinyBuildConfig, recipe, "tiny") == TinyBuildConfig()
     from_recipe = asdict(load_section(SweepConfig, recipe, "sweep"))
     defaults = asdict(SweepConfig())
-    assert from_recipe == {**defaults, "split": "test"}
+    assert from_recipe == {**defaults, **DEMO_DEFAULTS}

@@ -2,13 +2,17 @@
 
 Both sides of grading read answers the same way (the last ``\\boxed{}``, else GSM8K's ``#### x``
 line), so they live here once, below the data loaders and the grader that use them.
+
+A response's answer is what follows its think block. A box inside the block is a thought, not an
+answer, and a response whose block never closed (cut off by the token limit, usually) has no answer
+at all: grading a ``\\boxed{}`` found mid-thought would credit a guess the model had not committed to.
 """
 
 from __future__ import annotations
 
 import re
 
-from thinkctl.thinking import THINK_CLOSE
+from thinkctl.thinking import THINK_CLOSE, thinking_closed
 
 _GSM8K_ANSWER = re.compile(r"####\s*([^\n]+)")
 
@@ -40,14 +44,21 @@ def extract_gsm8k(text: str) -> str | None:
     return match[-1].strip().replace(",", "") if match else None
 
 
-def final_answer_text(text: str) -> str:
-    """The part of a response after the think block (the whole text if the block never closed)."""
-    return text.rsplit(THINK_CLOSE, 1)[1] if THINK_CLOSE in text else text
+def final_answer_text(text: str, opened: bool = False) -> str | None:
+    """The part of a response after its think block: the whole text when it has no block, None when
+    the block never closed. ``opened``: the prompt opened the block (R1's template)."""
+    closed = thinking_closed(text, opened)
+    if closed is None:
+        return text
+    return text.rsplit(THINK_CLOSE, 1)[1] if closed else None
 
 
-def extract_answer(text: str) -> str | None:
-    r"""A response's final answer: the last ``\boxed{}`` after thinking, else a GSM8K ``#### x`` line."""
-    tail = final_answer_text(text)
+def extract_answer(text: str, opened: bool = False) -> str | None:
+    r"""A response's final answer: the last ``\boxed{}`` after thinking, else a GSM8K ``#### x`` line;
+    None when there is neither, or the thinking never closed (see module docstring)."""
+    tail = final_answer_text(text, opened)
+    if tail is None:
+        return None
     boxed = extract_boxed(tail)
     return boxed if boxed is not None else extract_gsm8k(tail)
 

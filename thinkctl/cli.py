@@ -3,7 +3,8 @@
 A command's settings are the fields of its job's config dataclass: :func:`thinkctl.config.add_flags`
 generates the flags from them, and :func:`thinkctl.config.load_section` merges a ``--recipe`` section
 with the flags given. User errors (:class:`thinkctl.errors.ThinkctlError`) are printed as one line
-and exit with status 2; anything else is a bug and keeps its traceback.
+and exit with status 2; Ctrl-C prints one line (where the saved work is) and exits with 130; anything
+else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from thinkctl.config import add_flags, flag_values, group, lambda_option, load_section
-from thinkctl.errors import ConfigError, ThinkctlError
+from thinkctl.config import add_flags, build, flag_values, group, lambda_option, load_section, recipe_values
+from thinkctl.errors import ConfigError, Interrupted, ThinkctlError
+from thinkctl.prompts import PromptConfig
 from thinkctl.rollout import BackendConfig
 from thinkctl.sampling import SamplingConfig
 
@@ -47,7 +49,22 @@ class GenerateConfig:
              "1 = the aligned model (the adapter path)"
     )
     sampling: SamplingConfig = group(SamplingConfig)
+    prompt: PromptConfig = group(PromptConfig)
     backend: BackendConfig = group(BackendConfig)
+
+
+#: what ``thinkctl demo`` sweeps unless its recipe or flags say otherwise (``recipes/tiny.yaml`` spells it out)
+DEMO_DEFAULTS = {"split": "test", "limit": 100}
+
+
+@dataclass(frozen=True)
+class Models:
+    """The models the flags name: how to open the backend over them, and what records and run settings carry."""
+
+    open: Callable[[], RolloutBackend]
+    method: str  # fused | plain | inra
+    model: str  # the records' `model` field
+    sources: dict[str, str]  # role (reference, aligned, inra) → hub name or path, identified in run.json
 
 
 def _add_models(p: argparse.ArgumentParser) -> None:
@@ -57,8 +74,8 @@ def _add_models(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inra", help="InRa checkpoint (one model with its own λ dial) instead of --ref/--aligned")
 
 
-def _models(args: argparse.Namespace, backend: BackendConfig, lambdas: Sequence[float]) -> tuple[Callable[[], RolloutBackend], str, str]:
-    """How to open the backend over the models the flags name, and the method and model records carry."""
+def _models(args: argparse.Namespace, backend: BackendConfig, lambdas: Sequence[float]) -> Models:
+    """The models the flags name (see :class:`Models`)."""
     if bool(args.ref) == bool(args.inra):
         raise ConfigError("give either --ref (and optionally --aligned) or --inra CHECKPOINT")
     if args.inra:
@@ -66,20 +83,21 @@ def _models(args: argparse.Namespace, backend: BackendConfig, lambdas: Sequence[
             raise ConfigError("--aligned fuses two models; an --inra checkpoint carries its own fast path")
         from thinkctl.inra import open_inra_backend
 
-        return lambda: open_inra_backend(args.inra, backend), "inra", args.inra
+        return Models(lambda: open_inra_backend(args.inra, backend), "inra", args.inra, {"inra": args.inra})
     if args.aligned is None:
         if any(lam != 0 for lam in lambdas):
             raise ConfigError(f"λ {list(lambdas)} needs an aligned model (--aligned); without one only λ=0 is defined")
-        return lambda: backend.open(args.ref), "plain", args.ref
-    return lambda: backend.open(args.ref, args.aligned), "fused", f"{args.ref} + {args.aligned}"
+        return Models(lambda: backend.open(args.ref), "plain", args.ref, {"reference": args.ref})
+    return Models(lambda: backend.open(args.ref, args.aligned), "fused", f"{args.ref} + {args.aligned}",
+                  {"reference": args.ref, "aligned": args.aligned})
 
 
-def _sweep(cfg: SweepConfig, out: str, models: tuple[Callable[[], RolloutBackend], str, str]) -> None:
+def _sweep(cfg: SweepConfig, out: str, models: Models, overwrite: bool) -> None:
     from thinkctl.sweep import run_sweep_config
 
-    open_backend, method, model = models
     out_dir = Path(out)
-    run_sweep_config(cfg, open_backend, out_dir, method=method, model=model)
+    run_sweep_config(cfg, models.open, out_dir, method=models.method, model=models.model, models=models.sources,
+                     overwrite=overwrite)
     print((out_dir / "summary.md").read_text(encoding="utf-8"))
     print(f"results: {out_dir / 'results.jsonl'}")
     print(f"plot:    {out_dir / 'sweep.png'}")
@@ -89,7 +107,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from thinkctl.sweep import SweepConfig
 
     cfg = load_section(SweepConfig, args.recipe, "sweep", flag_values(args, SweepConfig))
-    _sweep(cfg, args.out, _models(args, cfg.backend, cfg.lambdas))
+    _sweep(cfg, args.out, _models(args, cfg.backend, cfg.lambdas), args.overwrite)
 
 
 def _tiny_pair(recipe: str | None, out: str | None, force: bool = False):
@@ -108,19 +126,20 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from thinkctl.sweep import SweepConfig
 
     pair = _tiny_pair(args.recipe, args.tiny_dir)
-    cfg = load_section(SweepConfig, args.recipe, "sweep", flag_values(args, SweepConfig))
+    values = {**DEMO_DEFAULTS, **recipe_values(SweepConfig, args.recipe, "sweep"), **flag_values(args, SweepConfig)}
+    cfg = build(SweepConfig, values, where=f"{args.recipe or 'options'} [sweep]")
     ref, aligned = str(pair.reference), str(pair.aligned)
-    _sweep(cfg, args.out, (lambda: cfg.backend.open(ref, aligned), "fused", f"{ref} + {aligned}"))
+    models = Models(lambda: cfg.backend.open(ref, aligned), "fused", f"{ref} + {aligned}", {"reference": ref, "aligned": aligned})
+    _sweep(cfg, args.out, models, args.overwrite)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from thinkctl.data import render_prompt
 
     cfg = load_section(GenerateConfig, None, "generate", flag_values(args, GenerateConfig))
-    open_backend, _, _ = _models(args, cfg.backend, [cfg.lambda_])
-    backend = open_backend()
+    backend = _models(args, cfg.backend, [cfg.lambda_]).open()
     try:
-        prompts = [render_prompt(backend.tokenizer, q) for q in args.question]
+        prompts = [render_prompt(backend.tokenizer, q, cfg.prompt) for q in args.question]
         for question, completion in zip(args.question, backend.generate(prompts, cfg.lambda_, cfg.sampling)):
             print(f"## {question}\n{completion.text}\n[{completion.num_tokens} tokens, {completion.finish_reason}]\n")
     finally:
@@ -223,6 +242,7 @@ def _args_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     p.add_argument("--tiny-dir", dest="tiny_dir", help="tiny pair directory (default $THINKCTL_HOME/tiny)")
     p.add_argument("--recipe", help="YAML recipe whose `tiny:` and `sweep:` sections set the defaults")
+    _add_overwrite(p)
     add_flags(p, SweepConfig)
     p.set_defaults(func=cmd_demo)
 
@@ -231,10 +251,17 @@ def _args_sweep(p: argparse.ArgumentParser) -> None:
     from thinkctl.sweep import SweepConfig
 
     _add_models(p)
-    p.add_argument("--out", required=True, help="run directory (results.jsonl, summary.csv/md, sweep.png)")
+    p.add_argument("--out", required=True, help="run directory (run.json, results.jsonl, summary.csv/md, sweep.png)")
     p.add_argument("--recipe", help="YAML recipe whose `sweep:` section sets the defaults")
+    _add_overwrite(p)
     add_flags(p, SweepConfig)
     p.set_defaults(func=cmd_sweep)
+
+
+def _add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="start the run directory afresh: its earlier results (results.jsonl, run.json, summaries, "
+                        "plot) move into OUT/replaced-<time>/; without it a rerun under other settings is refused")
 
 
 def _args_generate(p: argparse.ArgumentParser) -> None:
@@ -387,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     except ThinkctlError as e:
         print(f"thinkctl: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C: jobs save what they finished (Interrupted says where); no traceback
+        print(f"thinkctl: {e}" if isinstance(e, Interrupted) else "thinkctl: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -1,14 +1,17 @@
-"""Benchmarks as lists of :class:`Problem`, loaded by name from a registry or from a local file.
+"""Benchmarks as lists of :class:`Problem`, loaded by name from a registry or from local files.
 
-Named benchmarks live in a registry: the hub benchmarks (MATH-500, GSM8K, AIME) register here and load
-through ``datasets`` for users with a network; other packages register their own (the generated tiny
-task registers itself from :mod:`thinkctl.tiny.benchmark`). Every benchmark can also be loaded from a
-local JSONL/JSON/parquet file, which is what offline machines and the tests use. Field names are
-normalised here once, so the rest of thinkctl sees one schema.
+Named benchmarks live in a registry: the hub benchmarks (MATH-500, GSM8K, AIME 2024 and 2025) register
+here and load through ``datasets`` for users with a network; other packages register their own (the
+generated tiny task registers itself from :mod:`thinkctl.tiny.benchmark`). Every benchmark can also be
+loaded from a local JSONL/JSON/parquet file, or a directory of them, which is what offline machines and
+the tests use; ``NAME=PATH`` loads local files under a benchmark's name (``aime25=data/aime2025/``), so
+records and reports read the same online and offline. Field names are normalised here once, so the
+rest of thinkctl sees one schema.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,6 +21,10 @@ from typing import Any
 from thinkctl.answers import gold_answer
 from thinkctl.errors import DataFormatError
 from thinkctl.io import iter_jsonl
+from thinkctl.prompts import PromptConfig
+
+#: the bare question: what the tiny models were trained on, and the default everywhere
+PLAIN = PromptConfig()
 
 
 @dataclass(frozen=True)
@@ -99,11 +106,35 @@ def _load_local(path: Path) -> list[Problem]:
     raise DataFormatError(f"unsupported benchmark file type {suffix!r} for {path}: use .jsonl, .json or .parquet")
 
 
-#: hub dataset, config and default split of the named benchmarks
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def _prefixed(parts: list[tuple[str, list[Problem]]]) -> list[Problem]:
+    """Concatenate the problems of several parts (files, hub configs); with more than one part, each
+    id is prefixed by its part's name, since parts number their problems independently."""
+    if len(parts) == 1:
+        return parts[0][1]
+    return [dataclasses.replace(p, id=f"{name}-{p.id}") for name, problems in parts for p in problems]
+
+
+def _load_path(path: Path) -> list[Problem]:
+    """A local file, or every JSONL/JSON/parquet file of a directory (sorted by name, ids prefixed by stem)."""
+    if not path.is_dir():
+        return _load_local(path)
+    files = sorted(f for f in path.iterdir() if f.suffix.lower() in LOCAL_SUFFIXES)
+    if not files:
+        raise DataFormatError(f"benchmark directory {path} holds no {'/'.join(LOCAL_SUFFIXES)} files")
+    return _prefixed([(f.stem, _load_local(f)) for f in files])
+
+
+#: hub dataset, configs and default split of the named benchmarks; several configs are concatenated
+#: (AIME 2025 is two exams, I and II, as two configs of opencompass/AIME2025 with 15 problems each)
 HUB_BENCHMARKS: dict[str, dict[str, Any]] = {
-    "math500": {"path": "HuggingFaceH4/MATH-500", "name": None, "split": "test"},
-    "gsm8k": {"path": "openai/gsm8k", "name": "main", "split": "test"},
-    "aime": {"path": "HuggingFaceH4/aime_2024", "name": None, "split": "train"},
+    "math500": {"path": "HuggingFaceH4/MATH-500", "configs": (None,), "split": "test"},
+    "gsm8k": {"path": "openai/gsm8k", "configs": ("main",), "split": "test"},
+    "aime": {"path": "HuggingFaceH4/aime_2024", "configs": (None,), "split": "train"},
+    "aime24": {"path": "HuggingFaceH4/aime_2024", "configs": (None,), "split": "train"},
+    "aime25": {"path": "opencompass/AIME2025", "configs": ("AIME2025-I", "AIME2025-II"), "split": "test"},
 }
 
 
@@ -113,14 +144,20 @@ def _hub_loader(name: str) -> BenchmarkLoader:
     def load(split: str | None, limit: int | None, seed: int) -> list[Problem]:
         import datasets
 
-        try:
-            ds = datasets.load_dataset(spec["path"], spec["name"], split=split or spec["split"])
-        except Exception as e:  # offline machines raise connection errors of several types
-            raise DataFormatError(
-                f"could not load {name} ({spec['path']}) from the hub: {e}. "
-                "Offline? Pass a local JSONL/parquet path with question/problem and answer fields instead."
-            ) from None
-        return [problem_from_record(rec, i, f"{spec['path']}[{i}]") for i, rec in enumerate(ds)]
+        parts = []
+        for config in spec["configs"]:
+            try:
+                ds = datasets.load_dataset(spec["path"], config, split=split or spec["split"])
+            except Exception as e:  # offline machines raise connection errors of several types
+                raise DataFormatError(
+                    f"could not load {name} ({spec['path']}{'/' + config if config else ''}) from the hub: {e}. "
+                    f"Offline? Pass local files under the benchmark's name: {name}=PATH (a JSONL/JSON/parquet "
+                    "file with question/problem and answer fields, or a directory of them)."
+                ) from None
+            # a single config keeps its 0-based row ids; parts of a multi-config benchmark count problems from 1
+            first = 0 if len(spec["configs"]) == 1 else 1
+            parts.append((config, [problem_from_record(rec, i, f"{spec['path']}[{i}]") for i, rec in enumerate(ds, first)]))
+        return _prefixed(parts)
 
     return load
 
@@ -128,19 +165,31 @@ def _hub_loader(name: str) -> BenchmarkLoader:
 _BENCHMARKS.update({name: _hub_loader(name) for name in HUB_BENCHMARKS})
 
 
+def _split_spec(spec: str) -> tuple[str | None, str]:
+    """``NAME=PATH`` → (NAME, PATH); anything else (a name, a path that itself contains "=") → (None, spec)."""
+    name, sep, path = spec.partition("=")
+    if sep and name and path and spec not in _BENCHMARKS and not Path(spec).expanduser().exists():
+        return name, path
+    return None, spec
+
+
 def load_benchmark(spec: str, split: str | None = None, limit: int | None = None, seed: int = 0) -> list[Problem]:
-    """Load ``spec``: a registered benchmark ("tiny", "math500", "gsm8k", "aime") or a local file path.
+    """Load ``spec``: a registered benchmark (tiny, math500, gsm8k, aime24 (= aime), aime25), a local
+    file or directory of files, or ``NAME=PATH`` (local files recorded under NAME).
 
     ``limit`` keeps the first ``limit`` problems (a fixed prefix, so runs with the same limit compare);
-    a generated benchmark (tiny) generates that many, from ``seed``.
+    None keeps them all; a generated benchmark (tiny) generates that many, from ``seed``.
     """
-    if spec in _BENCHMARKS:
+    named, where = _split_spec(spec)
+    if named is None and spec in _BENCHMARKS:
         problems = _BENCHMARKS[spec](split, limit, seed)
     else:
-        path = Path(spec).expanduser()
+        path = Path(where).expanduser()
+        if named is not None and not path.exists():
+            raise DataFormatError(f"benchmark {named}: no such file or directory {path}")
         if not path.exists():
             raise DataFormatError(f"unknown benchmark {spec!r}: not one of {', '.join(sorted(_BENCHMARKS))} and no such file")
-        problems = _load_local(path)
+        problems = _load_path(path)
     if not problems:
         raise DataFormatError(f"benchmark {spec!r} has no problems")
     ids = [p.id for p in problems]
@@ -151,8 +200,11 @@ def load_benchmark(spec: str, split: str | None = None, limit: int | None = None
 
 
 def benchmark_name(spec: str) -> str:
-    """The name records carry: a registered benchmark's own name, or a local file's stem."""
-    return spec if spec in _BENCHMARKS else Path(spec).stem
+    """The name records carry: a registered benchmark's own name, NAME of ``NAME=PATH``, or a local file's stem."""
+    named, where = _split_spec(spec)
+    if named is not None:
+        return named
+    return spec if spec in _BENCHMARKS else Path(where).stem
 
 
 def sample_problems(problems: list[Problem], n: int, seed: int = 0) -> list[Problem]:
@@ -162,10 +214,11 @@ def sample_problems(problems: list[Problem], n: int, seed: int = 0) -> list[Prob
     return random.Random(seed).sample(problems, n)
 
 
-def render_prompt(tokenizer: Any, question: str) -> str:
-    """The question as the model sees it: its chat template with the generation prompt appended."""
+def render_prompt(tokenizer: Any, question: str, prompt: PromptConfig = PLAIN) -> str:
+    """The question as the model sees it: ``prompt``'s template and system prompt through the tokenizer's
+    chat template, with the generation prompt appended (a ``Question: … Answer:`` frame without one)."""
+    messages = prompt.messages(question)
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
-        )
-    return f"Question: {question}\nAnswer:"
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    turns = [f"{m['content']}\n\n" if m["role"] == "system" else f"Question: {m['content']}\nAnswer:" for m in messages]
+    return "".join(turns)

@@ -6,6 +6,14 @@ CLI can print it without a traceback from deep inside torch.
 """
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a long job after it saved its completed work; the message says where and how to resume.
+
+    A KeyboardInterrupt, so callers that stop on Ctrl-C still stop; the CLI prints the message as one
+    line and exits with status 130 instead of a traceback.
+    """
+
+
 class ThinkctlError(Exception):
     """Base class for errors the user can fix; the CLI prints the message and exits with status 2."""
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
 from thinkctl.answers import extract_answer
-from thinkctl.thinking import count_thinking_tokens
+from thinkctl.thinking import count_thinking_tokens, thinking_closed
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -44,14 +44,21 @@ def is_correct(answer: str | None, gold: str) -> bool:
 
 @dataclass(frozen=True)
 class Grade:
-    """What grading says about one response: its extracted answer, whether it is right, how long it thought."""
+    """What grading says about one response: its extracted answer, whether it is right, how long it
+    thought, and whether its think block closed (None: it had none)."""
 
     answer: str | None
     correct: bool
     thinking_tokens: int
+    thinking_closed: bool | None = None
 
 
-def grade(completion: Completion, gold: str, tokenizer: PreTrainedTokenizerBase) -> Grade:
-    """Extract the answer of ``completion``, verify it against ``gold`` and count its thinking tokens."""
-    answer = extract_answer(completion.text)
-    return Grade(answer, is_correct(answer, gold), count_thinking_tokens(completion.token_ids, tokenizer))
+def grade(completion: Completion, gold: str, tokenizer: PreTrainedTokenizerBase, opened: bool = False) -> Grade:
+    """Extract the answer of ``completion``, verify it against ``gold`` and count its thinking tokens.
+
+    ``opened``: the prompt opened the think block (:func:`thinkctl.thinking.prompt_opens_thinking`);
+    a response whose block never closed has no answer and is graded incorrect.
+    """
+    answer = extract_answer(completion.text, opened)
+    return Grade(answer, is_correct(answer, gold), count_thinking_tokens(completion.token_ids, tokenizer, opened),
+                 thinking_closed(completion.text, opened))

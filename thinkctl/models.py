@@ -6,9 +6,12 @@ check here compares tokenizers token by token (not just sizes) and says where th
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -130,3 +133,66 @@ def load_pair(reference: str, aligned: str, dtype: str | torch.dtype = "float32"
     check_same_vocab(tok_ref, tok_al, ref_model, al_model)
     log.info("loaded pair reference=%s aligned=%s (%s, %s)", reference, aligned, dtype, device)
     return ModelPair(ref_model, al_model, tok_ref)
+
+
+# ---------------------------------------------------------------- identity (what a run directory records)
+
+#: files that make a checkpoint what it is: configs, tokenizer, chat template, weights
+IDENTITY_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".jinja", ".txt", ".tiktoken")
+#: files up to this size are hashed whole; larger ones (weights) by size, head and tail
+WHOLE_FILE_BYTES = 4 << 20
+SAMPLE_BYTES = 1 << 20
+
+
+def file_fingerprint(path: Path) -> str:
+    """``size:sha256-prefix`` of a file: of all of it when small, else of its first and last MiB.
+
+    A safetensors file starts with its tensor header followed by the first tensor's data, so head and
+    tail change when weights are retrained while a 16 GB checkpoint costs 2 MiB of reading per shard.
+    Content only: a copied checkpoint keeps its fingerprint (its mtime does not).
+    """
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        if size <= WHOLE_FILE_BYTES:
+            digest.update(f.read())
+        else:
+            digest.update(f.read(SAMPLE_BYTES))
+            f.seek(size - SAMPLE_BYTES)
+            digest.update(f.read(SAMPLE_BYTES))
+    return f"{size}:{digest.hexdigest()[:16]}"
+
+
+def _hub_snapshot(name: str) -> Path | None:
+    """The local snapshot directory of a hub model in the HF cache (no network), or None when not cached."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "config.json")
+    except Exception:  # not a valid repo id, or no hub library: nothing to resolve
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def model_identity(name_or_path: str) -> dict[str, Any]:
+    """What a run records to recognise a model again: fingerprints of its files (see :func:`file_fingerprint`).
+
+    A hub name resolves offline to its cached snapshot (and records the snapshot's commit); an
+    uncached hub name can only be recorded by name. An InRa checkpoint that points at its base model
+    records the base too, since the adapter alone does not make the model.
+    """
+    path = Path(name_or_path).expanduser()
+    identity: dict[str, Any] = {}
+    if not path.is_dir():
+        snapshot = _hub_snapshot(name_or_path)
+        if snapshot is None:
+            return {"name": name_or_path}
+        path, identity["revision"] = snapshot, snapshot.name
+    identity["files"] = {
+        f.name: file_fingerprint(f) for f in sorted(path.iterdir()) if f.is_file() and f.suffix in IDENTITY_SUFFIXES
+    }
+    config = path / "config.json"
+    base = (json.loads(config.read_text(encoding="utf-8")).get("inra") or {}).get("base_model") if config.is_file() else None
+    if base:
+        identity["base"] = model_identity(base)
+    return identity

@@ -54,7 +54,8 @@ class SampleRecord:
     correct: bool
     thinking_tokens: int
     total_tokens: int
-    finish_reason: str = ""  # "stop" or "length" (cut off by max_new_tokens)
+    finish_reason: str = ""  # "stop" or "length" (cut off by max_new_tokens: the sample hit the limit)
+    thinking_closed: bool | None = None  # False: the think block never closed (no answer); None: no block, or not recorded
     route_point: str | None = None  # routed records: the routing policy that chose λ
     route_estimator: str | None = None  # routed records: the router's estimator
 
@@ -83,6 +84,8 @@ class SampleRecord:
                 raise DataFormatError(f"{where} has a non-numeric {name} {value!r}")
         if values["correct"] not in (True, False):  # also admits 0 and 1
             raise DataFormatError(f"{where} has correct={values['correct']!r}: it must be true or false")
+        if values.get("thinking_closed") not in (None, True, False):
+            raise DataFormatError(f"{where} has thinking_closed={values['thinking_closed']!r}: it must be true, false or null")
         level = values.get("level")
         return cls(**{
             **values,
@@ -97,15 +100,19 @@ class SampleRecord:
 
 
 def graded_record(
-    problem: Problem, completion: Completion, tokenizer: Any, *, benchmark: str, method: str, model: str, sample: int
+    problem: Problem, completion: Completion, tokenizer: Any, *, benchmark: str, method: str, model: str, sample: int,
+    opened: bool = False,
 ) -> SampleRecord:
-    """Grade ``completion`` as the answer to ``problem`` and record it under the run's identity."""
-    result = grade(completion, problem.answer, tokenizer)
+    """Grade ``completion`` as the answer to ``problem`` and record it under the run's identity.
+
+    ``opened``: the prompt opened the think block (see :func:`thinkctl.grading.grade`).
+    """
+    result = grade(completion, problem.answer, tokenizer, opened)
     return SampleRecord(
         benchmark=benchmark, method=method, model=model, problem_id=problem.id, level=problem.level,
         lam=completion.lam, sample=sample, response=completion.text, answer=result.answer, gold=problem.answer,
         correct=result.correct, thinking_tokens=result.thinking_tokens, total_tokens=completion.num_tokens,
-        finish_reason=completion.finish_reason,
+        finish_reason=completion.finish_reason, thinking_closed=result.thinking_closed,
     )
 
 
@@ -155,11 +162,20 @@ def load_records(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
 
 
 def aggregate(records: pd.DataFrame, by: Sequence[str], sort: bool = True) -> pd.DataFrame:
-    """Per group: sample count, accuracy, mean and median thinking tokens, mean total tokens."""
-    return records.groupby(list(by), sort=sort, dropna=False).agg(
+    """Per group: sample count, accuracy, mean and median thinking tokens, mean total tokens, and the
+    shares of samples that hit the token limit and whose thinking never closed.
+
+    The limit share says whether a mean length is a measurement or the cap in disguise.
+    """
+    df = records.assign(
+        _hit_limit=records["finish_reason"] == "length", _unclosed=records["thinking_closed"].eq(False)
+    )
+    return df.groupby(list(by), sort=sort, dropna=False).agg(
         n=("correct", "size"),
         accuracy=("correct", "mean"),
         mean_thinking_tokens=("thinking_tokens", "mean"),
         median_thinking_tokens=("thinking_tokens", "median"),
         mean_total_tokens=("total_tokens", "mean"),
+        hit_limit=("_hit_limit", "mean"),
+        unclosed=("_unclosed", "mean"),
     ).reset_index()

@@ -1,45 +1,109 @@
 """Summaries of graded records (pandas), written atomically as CSV and Markdown, and plots (matplotlib).
 
 Records are read with :func:`thinkctl.records.load_records` and grouped with
-:func:`thinkctl.records.aggregate`; this module decides only what to group by and how to show it.
+:func:`thinkctl.records.aggregate`; this module decides what to group by, what to compare against and
+how to show it.
 
-A summary row is one (benchmark, method, λ): sample count, accuracy, mean and median thinking tokens,
-mean total tokens, and the thinking-token reduction against λ = 0 of the same benchmark and method.
+A summary row is one group of samples (a benchmark, method and λ, or a routing policy): sample count,
+accuracy, token statistics, the share of samples that hit the token limit, and two things that make
+the numbers trustworthy on real benchmarks:
+
+* **accuracy is avg@k with a 95% interval**: each problem's k samples are averaged, then problems are
+  resampled (:func:`thinkctl.stats.bootstrap_mean`), so a 30-problem benchmark shows how little a few
+  points mean;
+* **thinking reduction is against the reference on the same problems**: the reference is the model
+  as it is, i.e. the fused pair at λ = 0 of the same benchmark (for an InRa dial its own λ = 0, the
+  base); TrRa students and routed policies are measured against it too, never against themselves.
+  Per-problem means are compared on the problems both have, so a partial run cannot flatter a method.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from thinkctl.io import atomic_write_text
 from thinkctl.records import aggregate, load_records, record_files
+from thinkctl.stats import bootstrap_mean
+
+#: methods whose λ = 0 is a reference model as it is (a pair's reference, an InRa checkpoint's base)
+REFERENCE_METHODS = ("fused", "inra", "plain")
+
+
+def reference_records(records: pd.DataFrame, benchmark: str, method: str, models: Iterable[str]) -> tuple[str, pd.DataFrame]:
+    """The records a group's thinking reduction is measured against, and their name (``fused λ=0``).
+
+    A dial (fused, inra, plain) is measured against its own λ = 0. Any other method (a TrRa student,
+    routed policies) against the λ = 0 of the dial it came from when the records say so (routed
+    records keep the swept ``model``), else the fused pair's λ = 0 of the same benchmark.
+    """
+    zero = records[(records["benchmark"] == benchmark) & (records["lam"] == 0.0) & records["method"].isin(REFERENCE_METHODS)]
+    if method in REFERENCE_METHODS:
+        candidates = [zero[zero["method"] == method]]
+    else:
+        candidates = [zero[zero["model"].isin(set(models))], zero[zero["method"] == "fused"], zero]
+    ref = next((c for c in candidates if len(c)), zero)
+    return (f"{ref['method'].iat[0]} λ=0" if len(ref) else ""), ref
+
+
+def _per_group(records: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """Per group: problems, samples per problem (k, the fewest), the avg@k accuracy interval, and the
+    thinking reduction vs the reference (see module docstring)."""
+    rows = []
+    for key, g in records.groupby(list(keys), sort=False, dropna=False):
+        per_problem = g.groupby("problem_id").agg(correct=("correct", "mean"), k=("correct", "size"),
+                                                  thinking=("thinking_tokens", "mean"))
+        ci = bootstrap_mean(per_problem["correct"].to_numpy())
+        label, ref = reference_records(records, g["benchmark"].iat[0], g["method"].iat[0], g["model"].unique())
+        base = ref.groupby("problem_id")["thinking_tokens"].mean()
+        shared = per_problem.index.intersection(base.index)
+        base_mean = base[shared].mean() if len(shared) else float("nan")
+        reduction = 100.0 * (1.0 - per_problem.loc[shared, "thinking"].mean() / base_mean) if base_mean else float("nan")
+        rows.append((*key, len(per_problem), int(per_problem["k"].min()), ci.mean, ci.low, ci.high, reduction, label,
+                     len(shared)))
+    columns = [*keys, "problems", "k", "avg_at_k", "accuracy_low", "accuracy_high", "token_reduction_pct", "reference",
+               "shared_problems"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def group_summary(records: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """:func:`thinkctl.records.aggregate` per group of ``keys``, with intervals and reductions (module
+    docstring); ``accuracy`` is avg@k (the per-sample mean whenever every problem has k samples)."""
+    extra = _per_group(records, keys)
+    summary = aggregate(records, keys, sort=False).merge(extra, on=list(keys), how="left")
+    return summary.assign(accuracy=summary.pop("avg_at_k"))
+
 
 def summarize(records: pd.DataFrame) -> pd.DataFrame:
     """One row per (benchmark, method, λ) with accuracy and token statistics (see module docstring)."""
-    summary = aggregate(records, ["benchmark", "method", "lam"])
-    base = summary[summary["lam"] == 0.0].set_index(["benchmark", "method"])["mean_thinking_tokens"]
-    keys = pd.MultiIndex.from_frame(summary[["benchmark", "method"]])
-    baseline = base.reindex(keys).to_numpy()
-    summary["token_reduction_pct"] = 100.0 * (1.0 - summary["mean_thinking_tokens"].to_numpy() / baseline)
-    return summary
+    keys = ["benchmark", "method", "lam"]
+    return group_summary(records, keys).sort_values(keys).reset_index(drop=True)
+
+
+def _interval(low: float, high: float) -> str:
+    return "" if pd.isna(low) else f"[{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def _reference_cell(reference: str, shared: int) -> str:
+    return f"{reference} ({shared} problems)" if reference else "none in these records"
 
 
 def to_markdown(summary: pd.DataFrame) -> str:
     """A Markdown table (no tabulate dependency) with accuracy in percent and tokens rounded."""
-    cols = ["benchmark", "method", "lam", "n", "accuracy", "mean_thinking_tokens", "median_thinking_tokens",
-            "mean_total_tokens", "token_reduction_pct"]
-    header = ["benchmark", "method", "λ", "n", "accuracy %", "mean think tok", "median think tok",
-              "mean total tok", "reduction vs λ=0 %"]
+    header = ["benchmark", "method", "λ", "n", "accuracy %", "mean think tok", "median think tok", "mean total tok",
+              "hit limit %", "problems × k", "avg@k 95% CI", "reduction vs reference %", "reference (shared problems)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in summary[cols].itertuples(index=False):
+    for row in summary.itertuples(index=False):
         reduction = "" if pd.isna(row.token_reduction_pct) else f"{row.token_reduction_pct:.1f}"
         lines.append(
             f"| {row.benchmark} | {row.method} | {row.lam:g} | {row.n} | {100 * row.accuracy:.1f} | "
-            f"{row.mean_thinking_tokens:.1f} | {row.median_thinking_tokens:.1f} | {row.mean_total_tokens:.1f} | {reduction} |"
+            f"{row.mean_thinking_tokens:.1f} | {row.median_thinking_tokens:.1f} | {row.mean_total_tokens:.1f} | "
+            f"{100 * row.hit_limit:.1f} | {row.problems} × {row.k} | {_interval(row.accuracy_low, row.accuracy_high)} | "
+            f"{reduction} | {_reference_cell(row.reference, row.shared_problems)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -52,21 +116,84 @@ def write_summary(summary: pd.DataFrame, out_dir: str | os.PathLike[str]) -> tup
     return csv_path, md_path
 
 
+def accuracy_limits(lows: Iterable[float], highs: Iterable[float], min_span: float = 10.0) -> tuple[float, float]:
+    """A y range (in %) fitted to accuracy intervals (fractions): every interval inside with a margin,
+    at least ``min_span`` points tall, never past 0–100 by more than the marker's margin.
+
+    A fixed 0–100 axis flattens the differences that matter: when every point lies between 93 and
+    100%, the plot should span 93–100, not 0–100.
+    """
+    lo, hi = 100 * np.nanmin(list(lows)), 100 * np.nanmax(list(highs))
+    pad = max(hi - lo, min_span) * 0.1
+    bottom, top = max(lo - pad, -1.0), min(hi + pad, 101.0)
+    if top - bottom < min_span:  # widen towards whichever side has room
+        bottom, top = (max(top - min_span, -1.0), top) if top >= 100 else (bottom, min(bottom + min_span, 101.0))
+    return bottom, top
+
+
+def _errorbar(ax, x, rows: pd.DataFrame, fmt: str, **kwargs):
+    """Accuracy (%) with its avg@k interval as error bars; returns the line."""
+    acc = 100 * rows["accuracy"].to_numpy()
+    yerr = np.vstack([acc - 100 * rows["accuracy_low"].to_numpy(), 100 * rows["accuracy_high"].to_numpy() - acc])
+    container = ax.errorbar(x, acc, yerr=np.nan_to_num(yerr), fmt=fmt, capsize=3, elinewidth=1, **kwargs)
+    return container.lines[0]
+
+
 def plot_sweep(summary: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """Accuracy and mean thinking tokens against λ, one line per benchmark/method, saved as PNG."""
+    """Accuracy (with 95% intervals), mean thinking tokens and the share of samples that hit the token
+    limit against λ, one line per benchmark/method, saved as PNG."""
     plt = _pyplot()
-    fig, (ax_acc, ax_tok) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    fig, (ax_acc, ax_tok, ax_cut) = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
     for (benchmark, method), group in summary.groupby(["benchmark", "method"]):
         group = group.sort_values("lam")
         label = f"{benchmark} / {method}"
-        ax_acc.plot(group["lam"], 100 * group["accuracy"], marker="o", label=label)
+        _errorbar(ax_acc, group["lam"], group, "o-", label=label)
         ax_tok.plot(group["lam"], group["mean_thinking_tokens"], marker="o", label=label)
-    ax_acc.set(xlabel="λ (0 = reference, 1 = aligned)", ylabel="accuracy (%)", title="Accuracy vs λ", ylim=(0, 100))
+        ax_cut.plot(group["lam"], 100 * group["hit_limit"], marker="o", label=label)
+    ax_acc.set(xlabel="λ (0 = reference, 1 = aligned)", ylabel="accuracy (%), avg@k with 95% CI", title="Accuracy vs λ",
+               ylim=accuracy_limits(summary["accuracy_low"], summary["accuracy_high"]))
     ax_tok.set(xlabel="λ (0 = reference, 1 = aligned)", ylabel="mean thinking tokens", title="Thinking length vs λ")
-    for ax in (ax_acc, ax_tok):
+    ax_cut.set(xlabel="λ (0 = reference, 1 = aligned)", ylabel="samples that hit the token limit (%)",
+               title="Cut off by max_new_tokens", ylim=(-2, max(10.0, 100 * summary["hit_limit"].max() * 1.15)))
+    for ax in (ax_acc, ax_tok, ax_cut):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _savefig(fig, Path(path))
+
+
+def place_labels(
+    anchors: Sequence[tuple[float, float]], sizes: Sequence[tuple[float, float]], gap: float = 5.0, marker: float = 4.0
+) -> list[tuple[float, float] | None]:
+    """Offsets for labels next to points so that no two labels overlap and none covers a marker.
+
+    ``anchors`` are the points and ``sizes`` the labels' (width, height), all in one unit (points on
+    the figure). Each label tries the four corners around its point, then above and below; a label
+    that fits nowhere gets None and is left out: a crowded plot shows fewer labels, never a smear.
+    """
+    boxes = [(x - marker, y - marker, x + marker, y + marker) for x, y in anchors]
+    offsets: list[tuple[float, float] | None] = []
+    for (x, y), (w, h) in zip(anchors, sizes):
+        tries = [(gap, gap), (gap, -gap - h), (-gap - w, gap), (-gap - w, -gap - h), (-w / 2, gap + 2), (-w / 2, -gap - h - 2)]
+        for dx, dy in tries:
+            box = (x + dx, y + dy, x + dx + w, y + dy + h)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in boxes):
+                boxes.append(box)
+                offsets.append((dx, dy))
+                break
+        else:
+            offsets.append(None)
+    return offsets
+
+
+def _label_points(ax, xs: Sequence[float], ys: Sequence[float], texts: Sequence[str], colors: Sequence[str], fontsize: float = 7) -> None:
+    """Annotate points with :func:`place_labels`' offsets (the axes' layout must be final: limits set, drawn once)."""
+    to_points = 72.0 / ax.figure.dpi
+    anchors = [tuple(v * to_points for v in ax.transData.transform((x, y))) for x, y in zip(xs, ys)]
+    sizes = [(0.62 * fontsize * len(t) + 1, fontsize) for t in texts]
+    for (x, y), text, color, offset in zip(zip(xs, ys), texts, colors, place_labels(anchors, sizes)):
+        if offset is not None:
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=offset, fontsize=fontsize, color=color,
+                        va="bottom", ha="left")
 
 
 # ---------------------------------------------------------------- multi-run reports (accuracy/length trade-offs)
@@ -85,14 +212,15 @@ def point_label(method: str, lam: float, route_point: object) -> str:
 
 
 def point_summary(records: pd.DataFrame) -> pd.DataFrame:
-    """One row per (benchmark, method, point) — a fixed λ, or a routing policy (its records mix λ values)."""
+    """One row per (benchmark, method, point) — a fixed λ, or a routing policy (its records mix λ values) —
+    with the statistics of :func:`group_summary`."""
     df = records.assign(
         point=[point_label(m, lam, rp) for m, lam, rp in zip(records["method"], records["lam"], records["route_point"])],
         lam_key=records["lam"].where(records["method"] != "routed"),
     )
     keys = ["benchmark", "method", "point"]
     lam = df.groupby(keys, sort=False).agg(lam=("lam_key", "first"), mean_lam=("lam", "mean")).reset_index()
-    summary = aggregate(df, keys, sort=False).merge(lam, on=keys)
+    summary = group_summary(df, keys).merge(lam, on=keys)
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     summary["_m"] = summary["method"].map(lambda m: order.get(m, len(order)))
     return summary.sort_values(["benchmark", "_m", "method", "lam", "mean_thinking_tokens"]).drop(columns="_m").reset_index(drop=True)
@@ -126,12 +254,14 @@ def _pyplot():
 def plot_pareto(points: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Accuracy against mean thinking tokens, one panel per benchmark and one line per method.
 
-    Fixed-λ methods are lines through their λ points (labelled with λ); routed points are the budget
-    policies (a line) and the threshold policy (a star). Up and to the left is better.
+    Fixed-λ methods are lines through their λ points (labelled with λ where a label fits); routed
+    points are the budget policies (a line) and the threshold policy (a star). Every point carries its
+    avg@k 95% interval, and the accuracy axis is fitted to them. Up and to the left is better.
     """
     plt = _pyplot()
     benchmarks = sorted(points["benchmark"].unique())
     fig, axes = plt.subplots(1, len(benchmarks), figsize=(6.2 * len(benchmarks), 4.8), constrained_layout=True, squeeze=False)
+    labels: list[tuple[object, pd.DataFrame, str]] = []
     for ax, benchmark in zip(axes[0], benchmarks):
         sub = points[points["benchmark"] == benchmark]
         for method in _methods(sub):
@@ -140,26 +270,32 @@ def plot_pareto(points: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
                 is_budget = g["point"].str.contains("budget=")
                 for estimator, line in g[is_budget].groupby(g["point"].str.split(" ").str[0]):
                     line = line.sort_values("mean_thinking_tokens")
-                    ax.plot(line["mean_thinking_tokens"], 100 * line["accuracy"], "D-", ms=5,
-                            color="black" if estimator == "logistic" else "dimgray", label=f"routed, {estimator} (budget mode)")
-                for row in g[~is_budget].itertuples():
-                    color = "crimson" if row.point.startswith("logistic") else "darkorange"
-                    ax.plot(row.mean_thinking_tokens, 100 * row.accuracy, "*", color=color, ms=15, label=f"routed ({row.point})")
+                    _errorbar(ax, line["mean_thinking_tokens"], line, "D-", ms=5,
+                              color="black" if estimator == "logistic" else "dimgray", label=f"routed, {estimator} (budget mode)")
+                for _, row in g[~is_budget].iterrows():
+                    color = "crimson" if row["point"].startswith("logistic") else "darkorange"
+                    _errorbar(ax, [row["mean_thinking_tokens"]], row.to_frame().T, "*", color=color, ms=15,
+                              label=f"routed ({row['point']})")
                 continue
             g = g.sort_values("lam")
-            (line,) = ax.plot(g["mean_thinking_tokens"], 100 * g["accuracy"], "o-", label=f"{method} (fixed λ)")
-            for row in g.itertuples():
-                ax.annotate(f"{row.lam:g}", (row.mean_thinking_tokens, 100 * row.accuracy), textcoords="offset points",
-                            xytext=(4, 4), fontsize=7, color=line.get_color())
-        ax.set(xlabel=THINK_LABEL, ylabel="accuracy (%)", title=f"{benchmark}: accuracy vs thinking (labels: λ)",
-               ylim=(-3, 103))
+            line = _errorbar(ax, g["mean_thinking_tokens"], g, "o-", label=f"{method} (fixed λ)")
+            labels.append((ax, g, line.get_color()))
+        ax.set(xlabel=THINK_LABEL, ylabel="accuracy (%), avg@k with 95% CI",
+               title=f"{benchmark}: accuracy vs thinking (labels: λ)",
+               ylim=accuracy_limits(sub["accuracy_low"], sub["accuracy_high"]))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
+    fig.draw_without_rendering()  # final layout first: labels are placed in figure points
+    for ax in axes[0]:
+        mine = [(g, color) for a, g, color in labels if a is ax]
+        _label_points(ax, [x for g, _ in mine for x in g["mean_thinking_tokens"]], [100 * y for g, _ in mine for y in g["accuracy"]],
+                      [f"{lam:g}" for g, _ in mine for lam in g["lam"]], [color for g, color in mine for _ in range(len(g))])
     return _savefig(fig, Path(path))
 
 
 def plot_token_lengths(records: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """Box plots of per-sample thinking tokens per λ, one panel per (benchmark, fixed-λ method)."""
+    """Box plots of per-sample thinking tokens per λ, one panel per (benchmark, fixed-λ method); a λ
+    whose samples hit the token limit says how many under its tick (those lengths are the cap, not a choice)."""
     plt = _pyplot()
     fixed = records[records["method"] != "routed"]
     panels = [(b, m) for b in sorted(fixed["benchmark"].unique()) for m in _methods(fixed[fixed["benchmark"] == b])]
@@ -169,8 +305,9 @@ def plot_token_lengths(records: pd.DataFrame, path: str | os.PathLike[str]) -> P
     for ax, (benchmark, method) in zip(axes.flat, panels):
         g = fixed[(fixed["benchmark"] == benchmark) & (fixed["method"] == method)]
         lams = sorted(g["lam"].unique())
-        ax.boxplot([g.loc[g["lam"] == lam, "thinking_tokens"].to_numpy() for lam in lams],
-                   tick_labels=[f"{lam:g}" for lam in lams], showmeans=True)
+        cut = {lam: 100 * (g.loc[g["lam"] == lam, "finish_reason"] == "length").mean() for lam in lams}
+        ax.boxplot([g.loc[g["lam"] == lam, "thinking_tokens"].to_numpy() for lam in lams], showmeans=True,
+                   tick_labels=[f"{lam:g}" + (f"\n{cut[lam]:.2g}% cut" if cut[lam] else "") for lam in lams])
         ax.set(xlabel="λ (0 = reference, 1 = aligned)", ylabel="thinking tokens per response",
                title=f"{benchmark} / {method}: thinking length by λ")
         ax.grid(alpha=0.3, axis="y")
@@ -214,28 +351,27 @@ def plot_accuracy_by_level(records: pd.DataFrame, path: str | os.PathLike[str]) 
     return _savefig(fig, Path(path))
 
 
-def _report_tables(records: pd.DataFrame) -> dict[str, list[tuple[str, pd.DataFrame]]]:
+def _accuracy_cell(row: pd.Series) -> str:
+    return f"{100 * row['accuracy']:.1f} {_interval(row['accuracy_low'], row['accuracy_high'])}".strip()
+
+
+def _report_tables(points: pd.DataFrame, records: pd.DataFrame) -> dict[str, list[tuple[str, pd.DataFrame]]]:
     """Per benchmark: the trade-off table (one row per method and λ / routing policy) and accuracy by level."""
-    points = point_summary(records)
-    fixed = records[records["method"] != "routed"]
-    reduction = (
-        summarize(fixed).set_index(["benchmark", "method", "lam"])["token_reduction_pct"] if len(fixed) else pd.Series(dtype=float)
-    )
     out: dict[str, list[tuple[str, pd.DataFrame]]] = {}
     for benchmark in sorted(points["benchmark"].unique()):
         p = points[points["benchmark"] == benchmark]
         table = pd.DataFrame({
             "method": p["method"],
             "λ / policy": p["point"],
-            "n": p["n"],
-            "accuracy %": (100 * p["accuracy"]).round(1),
+            "problems × k": [f"{n} × {k}" for n, k in zip(p["problems"], p["k"])],
+            "accuracy % (avg@k)": (100 * p["accuracy"]).round(1),
+            "95% CI": [_interval(lo, hi) for lo, hi in zip(p["accuracy_low"], p["accuracy_high"])],
             "mean thinking tokens": p["mean_thinking_tokens"].round(1),
             "median thinking tokens": p["median_thinking_tokens"].round(1),
+            "hit limit %": (100 * p["hit_limit"]).round(1),
             "mean λ": p["mean_lam"].round(2),
-            "thinking reduction vs λ=0 %": [
-                round(float(reduction.get((benchmark, m, lam), float("nan"))), 1) if m != "routed" else float("nan")
-                for m, lam in zip(p["method"], p["lam"])
-            ],
+            "thinking reduction vs reference %": p["token_reduction_pct"].round(1),
+            "reference (shared problems)": [_reference_cell(r, n) for r, n in zip(p["reference"], p["shared_problems"])],
         })
         tables = [("Accuracy and thinking length per method and λ", table)]
         sub = records[(records["benchmark"] == benchmark) & pd.to_numeric(records["level"], errors="coerce").notna()]
@@ -248,6 +384,26 @@ def _report_tables(records: pd.DataFrame) -> dict[str, list[tuple[str, pd.DataFr
             tables.append(("Accuracy (%) by difficulty level", by_level.reset_index().rename(columns={"point": "method λ / policy"})))
         out[benchmark] = tables
     return out
+
+
+def across_benchmarks(points: pd.DataFrame) -> pd.DataFrame:
+    """One row per method and λ / policy: each benchmark's avg@k accuracy [95% CI] and thinking reduction
+    vs its reference, then the mean of the reductions over the benchmarks that have one (the headline
+    number of papers that report several benchmarks)."""
+    benchmarks = sorted(points["benchmark"].unique())
+    rows = []
+    for (method, point), g in points.groupby(["method", "point"], sort=False):
+        by_benchmark = g.set_index("benchmark")
+        row: dict[str, object] = {"method": method, "λ / policy": point}
+        for b in benchmarks:
+            has = b in by_benchmark.index
+            row[f"{b} accuracy %"] = _accuracy_cell(by_benchmark.loc[b]) if has else ""
+            row[f"{b} reduction %"] = round(float(by_benchmark.loc[b, "token_reduction_pct"]), 1) if has else float("nan")
+        reductions = g["token_reduction_pct"].dropna()
+        row["mean reduction %"] = round(float(reductions.mean()), 1) if len(reductions) else float("nan")
+        row["over benchmarks"] = len(reductions)
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _md_table(df: pd.DataFrame) -> str:
@@ -280,16 +436,25 @@ def build_report(
     levels = plot_accuracy_by_level(records, out_dir / LEVELS_PNG)
     if levels is not None:
         figures.append(("Accuracy by difficulty level", levels))
-    tables = _report_tables(records)
+    sections = _report_tables(points, records)
+    if len(sections) > 1:
+        sections = {"All benchmarks": [("Accuracy and thinking reduction per benchmark, and the mean reduction",
+                                        across_benchmarks(points))], **sections}
 
     sources = ", ".join(f"`{p}`" for p in paths)
-    md = [f"# {title}", "", f"{len(records)} records from {sources}.", "",
-          "Thinking tokens are the tokens inside `<think>…</think>` (all generated tokens when thinking never closed). "
-          "λ = 0 is the reference model, λ = 1 the aligned model; routed rows mix λ per query.", ""]
-    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{len(records)} records from {html.escape(', '.join(map(str, paths)))}.</p>"]
-    for benchmark, items in tables.items():
-        md += [f"## {benchmark}", ""]
-        body.append(f"<h2>{html.escape(benchmark)}</h2>")
+    intro = ("Accuracy is avg@k: each problem's k samples are averaged, then the problems; the 95% interval resamples "
+             "problems (bootstrap). Thinking reduction is against the reference, on the problems both have: the fused "
+             "pair at λ = 0 of the same benchmark (for an InRa dial its own λ = 0, the base model), for every method, "
+             "TrRa students and routed policies included; the last column names it. Thinking tokens are the tokens "
+             "inside `<think>…</think>`; a response whose thinking never closed has no answer (graded incorrect). "
+             "'hit limit %' is the share of samples cut off by max_new_tokens: where it is high, a mean length is the "
+             "cap in disguise. λ = 0 is the reference model, λ = 1 the aligned model; routed rows mix λ per query.")
+    md = [f"# {title}", "", f"{len(records)} records from {sources}.", "", intro, ""]
+    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{len(records)} records from {html.escape(', '.join(map(str, paths)))}.</p>",
+            f"<p>{html.escape(intro).replace('`', '')}</p>"]
+    for heading, items in sections.items():
+        md += [f"## {heading}", ""]
+        body.append(f"<h2>{html.escape(heading)}</h2>")
         for caption, df in items:
             md += [f"### {caption}", "", _md_table(df), ""]
             body += [f"<h3>{html.escape(caption)}</h3>", df.to_html(index=False, na_rep="", border=0, classes="t")]

@@ -1,29 +1,47 @@
-"""λ grid × benchmark → graded per-sample records, resumable, plus a summary table and plot.
+"""λ grid × benchmarks → graded per-sample records, resumable, plus a summary table and plot.
 
-Records are appended to ``results.jsonl`` one batch at a time, so a killed sweep loses at most the
-batch in flight; a rerun reads what is there, skips every (benchmark, method, problem, λ, sample) key
-already recorded and generates only the rest. The summary files are rewritten atomically at the end.
+Records are appended to ``results.jsonl`` one chunk at a time, so a killed sweep loses at most the
+chunk in flight, and Ctrl-C not even that (the samples finished before it are saved); a rerun reads
+what is there, skips every (benchmark, method, problem, λ, sample) key already recorded and generates
+only the rest. A run directory records the settings that produced it (``run.json``,
+:mod:`thinkctl.runs`), and a rerun under other settings is refused rather than mixed in. The summary
+files are rewritten atomically at the end.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from thinkctl.config import group, lambda_grid_option, option
-from thinkctl.data import Problem, benchmark_name, load_benchmark, render_prompt
+from thinkctl.data import PLAIN, Problem, benchmark_name, load_benchmark, render_prompt
+from thinkctl.errors import ConfigError, Interrupted
 from thinkctl.io import append_jsonl, drop_partial_tail
+from thinkctl.models import model_identity
+from thinkctl.prompts import PromptConfig
 from thinkctl.records import RecordKey, graded_record, read_records
 from thinkctl.rollout import BackendConfig, RolloutBackend
+from thinkctl.runs import RESULTS_FILE, open_run
 from thinkctl.sampling import SamplingConfig
+from thinkctl.thinking import prompt_opens_thinking
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.jsonl"
+
+def _benchmark_list(value: str | Sequence[str]) -> list[str]:
+    """One benchmark or several: ``math500``, ``aime24,aime25`` (a flag), or a YAML list."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = [str(v).strip() for v in items if str(v).strip()]
+    if not names:
+        raise ConfigError("benchmark: give at least one benchmark")
+    return names
 
 
 @dataclass
@@ -34,16 +52,39 @@ class SweepConfig:
     reproduces a whole run.
     """
 
-    benchmark: str = option("tiny", "tiny | math500 | gsm8k | aime | path to a .jsonl/.json/.parquet file")
+    benchmark: list[str] = option(
+        default_factory=lambda: ["tiny"],
+        help="one or more (comma-separated) of tiny | math500 | gsm8k | aime24 | aime25 | a .jsonl/.json/.parquet "
+             "file or a directory of them | NAME=PATH (local files recorded as NAME)",
+        parse=_benchmark_list, check=_benchmark_list,
+    )
     split: str | None = option(None, "dataset split (hub benchmarks; tiny: train|test)")
-    limit: int | None = option(100, "number of problems (a fixed prefix; tiny: how many are generated)")
+    limit: int | None = option(None, "problems per benchmark: a fixed prefix (tiny: how many are generated); "
+                                     "default: the whole benchmark (tiny: 200)")
     lambdas: list[float] = lambda_grid_option((0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5), "comma-separated λ grid, e.g. 0,0.5,1,1.5")
-    n_samples: int = option(1, "samples per problem and λ")
+    n_samples: int = option(1, "samples per problem and λ (avg@k accuracy over them)")
+    chunk_size: int = option(64, "prompts per generation call; each call's records are saved as soon as it is graded")
     sampling: SamplingConfig = group(SamplingConfig)
+    prompt: PromptConfig = group(PromptConfig)
     backend: BackendConfig = group(BackendConfig)
 
-    def problems(self) -> list[Problem]:
-        return load_benchmark(self.benchmark, split=self.split, limit=self.limit, seed=self.sampling.seed)
+    def __post_init__(self) -> None:
+        self.benchmark = _benchmark_list(self.benchmark)
+        for name in ("n_samples", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit must be at least 1 (leave it out for the whole benchmark), got {self.limit}")
+
+    def problems(self) -> dict[str, list[Problem]]:
+        """Each benchmark's problems under the name its records carry."""
+        out: dict[str, list[Problem]] = {}
+        for spec in self.benchmark:
+            name = benchmark_name(spec)
+            if name in out:
+                raise ConfigError(f"benchmark {name!r} is given twice")
+            out[name] = load_benchmark(spec, split=self.split, limit=self.limit, seed=self.sampling.seed)
+        return out
 
 
 def completed_keys(results_path: Path) -> set[RecordKey]:
@@ -67,13 +108,15 @@ def run_sweep(
     model: str = "",
     n_samples: int = 1,
     chunk_size: int = 64,
+    prompt: PromptConfig = PLAIN,
     summarize: bool = True,
 ) -> Path:
     """Generate and grade every (problem, λ, sample) not yet in ``out_dir/results.jsonl``.
 
     Work is sent to the backend in chunks of ``chunk_size`` prompts that may mix λ values, so the
-    backend batches across the grid; each chunk's records are appended as soon as it is graded.
-    Returns the path of the results file.
+    backend batches across the grid; each chunk's records are appended as soon as it is graded. On
+    Ctrl-C the completions the backend finished are graded and saved too, and :class:`Interrupted`
+    says where. Returns the path of the results file.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -89,39 +132,114 @@ def run_sweep(
     if len(done):
         log.info("resuming %s: %d samples done, %d to go", results_path, len(done), len(todo))
     tokenizer = backend.tokenizer
-    prompts = {p.id: render_prompt(tokenizer, p.question) for p in problems}
+    prompts = {p.id: render_prompt(tokenizer, p.question, prompt) for p in problems}
+
+    def save(work: Sequence[tuple[Problem, float, int]], completions: Sequence[Any]) -> None:
+        records = [
+            graded_record(problem, completion, tokenizer, benchmark=benchmark, method=method, model=model, sample=s,
+                          opened=prompt_opens_thinking(prompts[problem.id]))
+            for (problem, _, s), completion in zip(work, completions)
+        ]
+        append_jsonl(results_path, [r.to_dict() for r in records])
+
+    saved = 0
     with tqdm(total=len(todo), desc=f"sweep {benchmark}/{method}", unit="sample") as bar:
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start : start + chunk_size]
-            completions = backend.generate([prompts[p.id] for p, _, _ in chunk], [lam for _, lam, _ in chunk], sampling.derive(start))
-            records = [
-                graded_record(problem, completion, tokenizer, benchmark=benchmark, method=method, model=model, sample=s)
-                for (problem, _, s), completion in zip(chunk, completions)
-            ]
-            append_jsonl(results_path, [r.to_dict() for r in records])
+            try:
+                completions = backend.generate([prompts[p.id] for p, _, _ in chunk], [lam for _, lam, _ in chunk],
+                                               sampling.derive(start))
+            except KeyboardInterrupt as e:
+                finished = sorted(getattr(e, "completed", {}).items())
+                save([chunk[i] for i, _ in finished], [c for _, c in finished])
+                saved += len(finished)
+                raise Interrupted(
+                    f"interrupted: {len(done) + saved} samples are saved in {results_path} "
+                    f"({len(todo) - saved} of {benchmark}/{method} to go); rerun the same command to resume"
+                ) from None
+            save(chunk, completions)
+            saved += len(chunk)
             bar.update(len(chunk))
     if summarize:
-        from thinkctl.records import load_records
-        from thinkctl.report import plot_sweep, summarize as summarize_records, write_summary
-
-        summary = summarize_records(load_records([results_path]))
-        write_summary(summary, out_dir)
-        plot_sweep(summary, out_dir / "sweep.png")
+        write_sweep_summary(out_dir)
     return results_path
 
 
+def write_sweep_summary(out_dir: str | Path) -> None:
+    """``summary.csv``/``summary.md`` and ``sweep.png`` of the records in ``out_dir``, written atomically."""
+    from thinkctl.records import load_records
+    from thinkctl.report import plot_sweep, summarize as summarize_records, write_summary
+
+    out_dir = Path(out_dir)
+    summary = summarize_records(load_records([out_dir / RESULTS_FILE]))
+    write_summary(summary, out_dir)
+    plot_sweep(summary, out_dir / "sweep.png")
+
+
+def problems_digest(problems: Sequence[Problem]) -> str:
+    """A short hash of a benchmark's problems (ids, questions, answers): the same name over other data differs."""
+    digest = hashlib.sha256()
+    for p in problems:
+        digest.update(f"{p.id}\x1f{p.question}\x1f{p.answer}\x1e".encode())
+    return digest.hexdigest()[:16]
+
+
+def run_settings(
+    cfg: SweepConfig, problems: Mapping[str, Sequence[Problem]], models: Mapping[str, str], *, method: str, model: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The (compared settings, recorded context) of a sweep, as :func:`thinkctl.runs.open_run` takes them.
+
+    ``models`` maps each model's role (reference, aligned, inra) to its hub name or path.
+    """
+    backend = cfg.backend.resolved()
+    settings = {
+        "method": method,
+        "models": {role: model_identity(source) for role, source in models.items()},
+        "engine": backend.engine,
+        "dtype": backend.dtype,
+        "device": backend.device.split(":")[0],
+        "sampling": dataclasses.asdict(cfg.sampling),
+        "prompt": {"template": cfg.prompt.template, "system_prompt": cfg.prompt.system_prompt},
+        "benchmarks": {
+            name: {"split": cfg.split, "limit": cfg.limit, "n_problems": len(ps), "problems_sha256": problems_digest(ps)}
+            for name, ps in problems.items()
+        },
+    }
+    context = {
+        "model": model, "models": dict(models), "benchmark_specs": list(cfg.benchmark), "device": backend.device,
+        "batch_size": backend.batch_size, "chunk_size": cfg.chunk_size, "prompt_template": cfg.prompt.prompt_template,
+        "lambdas": list(cfg.lambdas), "n_samples": cfg.n_samples,
+    }
+    return settings, context
+
+
 def run_sweep_config(
-    cfg: SweepConfig, open_backend: Callable[[], RolloutBackend], out_dir: str | Path, *, method: str, model: str
+    cfg: SweepConfig,
+    open_backend: Callable[[], RolloutBackend],
+    out_dir: str | Path,
+    *,
+    method: str,
+    model: str,
+    models: Mapping[str, str] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """The sweep ``cfg`` describes into ``out_dir``, on the backend ``open_backend()`` returns.
 
-    The benchmark is loaded before the models, so a wrong benchmark fails before a long model load;
-    the backend is closed at the end.
+    The benchmarks are loaded and the run's settings checked against the directory's ``run.json``
+    before the models, so a wrong benchmark or a mismatched resume fails before a long model load;
+    ``models`` (role → name or path; default: ``model`` itself) are what the settings identify. The
+    backend is closed at the end.
     """
     problems = cfg.problems()
+    settings, context = run_settings(cfg, problems, models or {"model": model}, method=method, model=model)
+    open_run(out_dir, settings, context, overwrite=overwrite)
     backend = open_backend()
     try:
-        return run_sweep(backend, problems, cfg.lambdas, cfg.sampling, out_dir, benchmark=benchmark_name(cfg.benchmark),
-                         method=method, model=model, n_samples=cfg.n_samples)
+        for name, benchmark_problems in problems.items():
+            run_sweep(backend, benchmark_problems, cfg.lambdas, cfg.sampling, out_dir, benchmark=name, method=method,
+                      model=model, n_samples=cfg.n_samples, chunk_size=cfg.chunk_size, prompt=cfg.prompt, summarize=False)
     finally:
         backend.close()
+    write_sweep_summary(out_dir)
+    return Path(out_dir) / RESULTS_FILE
+

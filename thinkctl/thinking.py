@@ -1,9 +1,17 @@
-"""The think block: its markers, and how many tokens a response spends inside it.
+"""The think block: its markers, where it starts, and how many tokens a response spends inside it.
 
-Thinking tokens are the tokens between ``<think>`` and ``</think>``; when a chat template opens the
-think block in the prompt (as DeepSeek-R1's does) the response starts inside it, so counting runs from
-the first response token. A response that never closes the block is all thinking (and usually ran out
-of tokens: its finish reason says so).
+Thinking tokens are the tokens between ``<think>`` and ``</think>``. When a chat template opens the
+think block in the prompt (as DeepSeek-R1's does, ending the prompt with ``<think>\\n``) the response
+starts inside it, so counting runs from the first response token; otherwise it starts after the
+response's first ``<think>``. Either way a later ``<think>`` inside the block (models sometimes emit
+one mid-thought) neither restarts the count nor counts as thinking: the block is one block until its
+first ``</think>``. A response that never closes the block is all thinking (and usually ran out of
+tokens: its finish reason says so); it has no final answer (:mod:`thinkctl.answers`).
+
+Whether the prompt opened the block is a fact about the prompt, so callers that know the prompt
+(sweeps) say so with ``opened``; callers that see only the response (the vLLM reasoning parser, the
+server's usage numbers) leave it ``None``, which reads a response without any ``<think>`` as opened by
+its prompt.
 
 This sits at the bottom of the package because everything that reports thinking (the grader, the vLLM
 reasoning parser and the server's usage numbers) must count it the same way.
@@ -20,16 +28,33 @@ if TYPE_CHECKING:
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
-def count_thinking_tokens(token_ids: Sequence[int], tokenizer: PreTrainedTokenizerBase) -> int:
-    """Tokens inside the think block of a response (see module docstring)."""
+def prompt_opens_thinking(prompt: str) -> bool:
+    """Whether a rendered prompt ends inside an open think block (its last ``<think>`` is never closed)."""
+    return prompt.rfind(THINK_OPEN) > prompt.rfind(THINK_CLOSE)
+
+
+def count_thinking_tokens(
+    token_ids: Sequence[int], tokenizer: PreTrainedTokenizerBase, opened: bool | None = None
+) -> int:
+    """Tokens inside the think block of a response; ``opened``: the prompt opened it (see module docstring)."""
     vocab = tokenizer.get_vocab()
     open_id, close_id = vocab.get(THINK_OPEN), vocab.get(THINK_CLOSE)
     ids = list(token_ids)
-    start = ids.index(open_id) + 1 if open_id is not None and open_id in ids else 0
+    if opened is None:
+        opened = open_id is None or open_id not in ids
+    start = 0 if opened else ids.index(open_id) + 1 if open_id is not None and open_id in ids else 0
     end = ids.index(close_id, start) if close_id is not None and close_id in ids[start:] else len(ids)
     if end == len(ids) and ids and ids[-1] in _special_ids(tokenizer):
         end -= 1
-    return max(end - start, 0)
+    return sum(1 for t in ids[start:end] if t != open_id)
+
+
+def thinking_closed(text: str, opened: bool = False) -> bool | None:
+    """Whether the response ``text`` closed its think block: None when it had none (no marker, and the
+    prompt opened none), False when the block opened (in the prompt or the response) and never closed."""
+    if THINK_CLOSE in text:
+        return True
+    return False if opened or THINK_OPEN in text else None
 
 
 def _special_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:

@@ -212,6 +212,7 @@ def open_inra_backend(path: str | Path, backend: BackendConfig) -> RolloutBacken
     """
     if backend.engine == "vllm":
         return backend.open(str(path))
+    backend = backend.resolved()
     return make_inra_backend(path, backend.dtype, backend.device, backend.batch_size)
 
 

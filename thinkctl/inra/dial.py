@@ -21,7 +21,8 @@ DIAL_LAMBDAS = (0.0, 0.5, 1.0, 1.5)
 
 def run_inra_sweep(cfg: SweepConfig, inra_path: str | Path, out_dir: str | Path) -> Path:
     """Run the sweep described by ``cfg`` over the InRa checkpoint at ``inra_path`` (method ``"inra"``)."""
-    return run_sweep_config(cfg, lambda: open_inra_backend(inra_path, cfg.backend), out_dir, method="inra", model=str(inra_path))
+    return run_sweep_config(cfg, lambda: open_inra_backend(inra_path, cfg.backend), out_dir, method="inra", model=str(inra_path),
+                            models={"inra": str(inra_path)})
 
 
 def dial_check(summary: Any, lambdas: Sequence[float] = DIAL_LAMBDAS, min_reduction_pct: float = 40.0,

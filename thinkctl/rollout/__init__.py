@@ -7,12 +7,16 @@ never import an engine they don't use. :class:`BackendConfig` is the engine part
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from thinkctl.config import option
 from thinkctl.errors import ConfigError
-from thinkctl.rollout.base import ENGINES, Completion, RolloutBackend, register_engine
+from thinkctl.rollout.base import ENGINES, Completion, GenerationInterrupted, RolloutBackend, register_engine
+
+log = logging.getLogger(__name__)
 
 
 def _hf(reference: str, aligned: str | None = None, **kwargs: Any) -> RolloutBackend:
@@ -41,6 +45,10 @@ PARALLEL_KEYS = ("tensor_parallel_size", "pipeline_parallel_size", "data_paralle
 class BackendConfig:
     """Which engine generates, in which precision, on which device, how many prompts at once, over how many GPUs.
 
+    ``auto`` (the default) is the best the machine has: a CUDA GPU in bfloat16 (float16 where the GPU
+    lacks bfloat16), else the CPU in float32. A sweep left at the defaults on a GPU machine must not
+    crawl along on the CPU in float32; on CPU machines (and in the tests) ``auto`` is cpu/float32.
+
     The parallel settings are vLLM's own engine arguments: ``tensor_parallel_size`` splits each model replica
     over GPUs, ``data_parallel_size`` runs replicas that share the prompts, ``pipeline_parallel_size`` with the
     ``ray`` executor spans nodes (start a Ray cluster over them first). Left at their defaults they are not
@@ -48,8 +56,9 @@ class BackendConfig:
     """
 
     engine: str = option("hf", "rollout engine: hf (transformers, runs anywhere) or vllm", choices=("hf", "vllm"))
-    dtype: str = option("float32", "model precision", choices=("float32", "bfloat16", "float16"))
-    device: str = option("cpu", "cpu, cuda, cuda:1, … (vllm picks its own GPU)")
+    dtype: str = option("auto", "model precision; auto: bfloat16 on a GPU, float32 on CPU",
+                        choices=("auto", "float32", "bfloat16", "float16"))
+    device: str = option("auto", "auto (cuda when torch sees a GPU, else cpu), cpu, cuda, cuda:1, … (vllm picks its own GPU)")
     batch_size: int = option(16, "prompts generated together (vllm: most concurrent sequences)")
     tensor_parallel_size: int = option(1, "vllm: GPUs each model replica is split over")
     pipeline_parallel_size: int = option(1, "vllm: pipeline stages per replica (across nodes with the ray executor)")
@@ -69,10 +78,25 @@ class BackendConfig:
         values = {key: getattr(self, key) for key in PARALLEL_KEYS}
         return {k: v for k, v in values.items() if v not in (1, None)}
 
+    def resolved(self) -> BackendConfig:
+        """This config with ``auto`` device and dtype made concrete for this machine (see class docstring)."""
+        device, dtype = self.device, self.dtype
+        if device == "auto" or dtype == "auto":
+            import torch
+
+            if device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            if dtype == "auto":
+                gpu = device.startswith("cuda")
+                dtype = ("bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float16") if gpu else "float32"
+        return dataclasses.replace(self, device=device, dtype=dtype)
+
     def open(self, reference: str, aligned: str | None = None) -> RolloutBackend:
         """The backend over ``reference`` (fused with ``aligned`` when given); close it when done."""
-        return make_backend(self.engine, reference, aligned, dtype=self.dtype, device=self.device, batch_size=self.batch_size,
-                            **self.parallel())
+        cfg = self.resolved()
+        log.info("rollouts on %s (%s, %s)", cfg.device, cfg.dtype, cfg.engine)
+        return make_backend(cfg.engine, reference, aligned, dtype=cfg.dtype, device=cfg.device, batch_size=cfg.batch_size,
+                            **cfg.parallel())
 
 
-__all__ = ["BackendConfig", "Completion", "RolloutBackend", "make_backend", "register_engine"]
+__all__ = ["BackendConfig", "Completion", "GenerationInterrupted", "RolloutBackend", "make_backend", "register_engine"]

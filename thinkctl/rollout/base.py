@@ -49,6 +49,18 @@ def broadcast_lambdas(lam: float | Sequence[float], n: int) -> list[float]:
     return lams
 
 
+class GenerationInterrupted(KeyboardInterrupt):
+    """Ctrl-C inside :meth:`RolloutBackend.generate`, carrying what was finished before it.
+
+    ``completed`` maps the index of a prompt in the interrupted call to its completion, so a sweep can
+    save the samples of the chunk in flight instead of losing them with the interrupt.
+    """
+
+    def __init__(self, completed: dict[int, Completion]) -> None:
+        super().__init__(f"interrupted during generation ({len(completed)} completions finished)")
+        self.completed = completed
+
+
 class RolloutBackend(abc.ABC):
     """Generates completions at a fusion weight λ (one per call, or one per prompt)."""
 

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from thinkctl.batch import pad
 from thinkctl.decoding import LogitStream, fused_generate
 from thinkctl.models import check_same_vocab, load_causal_lm, load_tokenizer
-from thinkctl.rollout.base import Completion, RolloutBackend, broadcast_lambdas
+from thinkctl.rollout.base import Completion, GenerationInterrupted, RolloutBackend, broadcast_lambdas
 from thinkctl.sampling import SamplingConfig
 
 
@@ -69,18 +69,21 @@ class HFBackend(RolloutBackend):
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
         results: dict[int, Completion] = {}
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        for b, idx in enumerate(tqdm(batches, desc="generate", unit="batch", disable=not self.progress or len(batches) < 2)):
-            input_ids, mask = pad([encoded[i] for i in idx], self.tokenizer.pad_token_id, left=True)
-            out = fused_generate(
-                self.reference, self.aligned, input_ids.to(self.device), mask.to(self.device), [lams[i] for i in idx],
-                sampling.derive(b), self.stop_token_ids,
-            )
-            for row, i in enumerate(idx):
-                ids = out.token_ids[row]
-                results[i] = Completion(
-                    text=self.tokenizer.decode(ids, skip_special_tokens=True),
-                    token_ids=ids,
-                    finish_reason=out.finish_reasons[row],
-                    lam=lams[i],
+        try:
+            for b, idx in enumerate(tqdm(batches, desc="generate", unit="batch", disable=not self.progress or len(batches) < 2)):
+                input_ids, mask = pad([encoded[i] for i in idx], self.tokenizer.pad_token_id, left=True)
+                out = fused_generate(
+                    self.reference, self.aligned, input_ids.to(self.device), mask.to(self.device), [lams[i] for i in idx],
+                    sampling.derive(b), self.stop_token_ids,
                 )
+                for row, i in enumerate(idx):
+                    ids = out.token_ids[row]
+                    results[i] = Completion(
+                        text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                        token_ids=ids,
+                        finish_reason=out.finish_reasons[row],
+                        lam=lams[i],
+                    )
+        except KeyboardInterrupt:
+            raise GenerationInterrupted(results) from None
         return [results[i] for i in range(len(prompts))]
