@@ -395,7 +395,7 @@ def test_iterated_realign_takes_each_rounds_student_as_the_next_aligned_model(tm
 
     monkeypatch.setattr(realign, "train_trra", recording_train)
     values = dict(reference=ref, aligned=aligned, lambdas_per_round=[0.5, 1.0], train_limit=3, eval_limit=2, max_new_tokens=4,
-                  only_correct=False, batch_size=8)
+                  only_correct=False, batch_size=8, prompt_template="{question} = ?")
     rcfg, tcfg = realign.load_realign_configs(None, values, dict(max_steps=1, per_device_train_batch_size=2, save_steps=1,
                                                                  learning_rate=1e-3, chunk_size=16, device="cpu"))
     assert rcfg.round_lambdas() == [0.5, 1.0]
@@ -407,6 +407,8 @@ def test_iterated_realign_takes_each_rounds_student_as_the_next_aligned_model(tm
     assert all((out / f"round-{k}" / "report.md").is_file() for k in (1, 2))
     assert "round 2 student (λ=1" in (out / "report.md").read_text()
     assert json.loads((out / "round-2" / "realign_config.json").read_text())["aligned"] == first
+    teacher_prompts = [json.loads(line)["prompt"] for line in (out / "round-2" / "distill_data.jsonl").read_text().splitlines()]
+    assert len(teacher_prompts) == 3 and all(p.endswith("= ?\nAnswer:") for p in teacher_prompts)  # the recipe's prompt
     rcfg, _ = realign.load_realign_configs(None, {**values, "lambdas_per_round": None, "lambda_": 0.5, "iterations": 3})
     assert rcfg.round_lambdas() == [0.5, 0.5, 0.5]
 

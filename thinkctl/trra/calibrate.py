@@ -19,8 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from thinkctl.data import Problem
+from thinkctl.data import PLAIN, Problem
 from thinkctl.errors import ConfigError, ThinkctlError
+from thinkctl.prompts import PromptConfig
 from thinkctl.rollout.base import RolloutBackend
 from thinkctl.sampling import SamplingConfig
 
@@ -143,15 +144,16 @@ def calibrate_lambda(
 def backend_measure(
     backend: RolloutBackend, problems: Sequence[Problem], sampling: SamplingConfig, out_dir: str | Path, benchmark: str,
     n_samples: int = 1,
+    prompt: PromptConfig = PLAIN,
 ) -> Callable[[float], LengthPoint]:
     """``measure(λ)`` for :func:`calibrate_lambda`: a resumable sweep at λ into ``out_dir/results.jsonl``,
-    ``n_samples`` per problem (the mean length and accuracy average over all of them)."""
+    ``n_samples`` per problem (the mean length and accuracy average over all of them), asked with ``prompt``."""
     from thinkctl.records import aggregate, load_records
     from thinkctl.sweep import run_sweep
 
     def measure(lam: float) -> LengthPoint:
         path = run_sweep(backend, problems, [lam], sampling, out_dir, benchmark=benchmark, method="calibration",
-                         n_samples=n_samples, summarize=False)
+                         n_samples=n_samples, prompt=prompt, summarize=False)
         df = load_records([path])
         ids = {p.id for p in problems}
         mine = (df["lam"] == lam) & (df["method"] == "calibration") & df["problem_id"].isin(ids) & (df["sample"] < n_samples)

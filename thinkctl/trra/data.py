@@ -17,10 +17,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from thinkctl.batch import Example, encode, encode_text
-from thinkctl.data import Problem, render_prompt
+from thinkctl.data import PLAIN, Problem, render_prompt
 from thinkctl.errors import ConfigError
 from thinkctl.grading import grade
 from thinkctl.io import append_jsonl, drop_partial_tail, iter_jsonl
+from thinkctl.prompts import PromptConfig
 from thinkctl.rollout.base import RolloutBackend
 from thinkctl.sampling import SamplingConfig
 from thinkctl.training import Trace
@@ -70,8 +71,9 @@ def generate_distillation_data(
     *,
     only_correct: bool = False,
     chunk_size: int = 64,
+    prompt: PromptConfig = PLAIN,
 ) -> list[DistillExample]:
-    """Responses of the fused teacher at ``lam`` to every problem, cached (and resumed) at ``path``.
+    """Responses of the fused teacher at ``lam`` to every problem asked with ``prompt``, cached (and resumed) at ``path``.
 
     With ``only_correct`` only responses that the verifier grades correct and that stopped on their
     own (not cut off by ``max_new_tokens``) are returned. Without a backend the cache must be complete
@@ -89,7 +91,7 @@ def generate_distillation_data(
     with tqdm(total=len(todo), desc=f"teacher responses λ={lam:g}", unit="prompt", disable=not todo) as bar:
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start : start + chunk_size]
-            prompts = [render_prompt(backend.tokenizer, p.question) for p in chunk]
+            prompts = [render_prompt(backend.tokenizer, p.question, prompt) for p in chunk]
             completions = backend.generate(prompts, lam, sampling)
             new = []
             for problem, prompt, completion in zip(chunk, prompts, completions):

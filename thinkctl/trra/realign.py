@@ -34,6 +34,7 @@ from thinkctl.data import benchmark_name, load_benchmark
 from thinkctl.errors import ConfigError
 from thinkctl.fusion import parse_lambda, validate_lambda
 from thinkctl.io import atomic_write_json, atomic_write_text
+from thinkctl.prompts import PromptConfig
 from thinkctl.rollout import BackendConfig, RolloutBackend
 from thinkctl.sampling import SamplingConfig
 from thinkctl.training import FINAL_DIR, TraceConfig, launched_processes
@@ -59,9 +60,10 @@ def _check_lambda_list(values: Any) -> list[float]:
 class RealignConfig:
     """The ``realign:`` section of a recipe: the pair, how λ is chosen, the rounds, the data and the splits.
 
-    The sampling settings are used for the teacher's responses, the calibration and the evaluation alike
-    (R1-style models loop under greedy decoding: their recipes sample at T=0.6, top-p 0.95, several samples per
-    problem). The sampling seed also picks the problems of generated benchmarks (tiny).
+    The sampling and prompt settings are used for the teacher's responses, the calibration and the evaluation
+    alike (R1-style models loop under greedy decoding: their recipes sample at T=0.7, top-p 0.95, several
+    samples per problem, with DeepSeek's math instruction). The sampling seed also picks the problems of
+    generated benchmarks (tiny).
     """
 
     reference: str = option("", "reference (slow thinker); leave reference and aligned empty for the tiny default pair", flag="--ref")
@@ -90,6 +92,7 @@ class RealignConfig:
     eval_limit: int | None = option(100, "held-out problems to evaluate on")
     n_samples: int = option(1, "samples per problem in calibration and evaluation (averaged, as in sweeps)")
     sampling: SamplingConfig = group(SamplingConfig)
+    prompt: PromptConfig = group(PromptConfig)
     backend: BackendConfig = group(lambda: BackendConfig(batch_size=32))
 
     def __post_init__(self) -> None:
@@ -143,7 +146,8 @@ def _calibrate(cfg: RealignConfig, backend: RolloutBackend | None, out_dir: Path
         raise ConfigError(f"λ for {cfg.target_tokens:g} thinking tokens is not calibrated in {out_dir} yet: "
                           "run `thinkctl realign --stage data` first")
     problems = load_benchmark(cfg.calib_benchmark, cfg.calib_split, cfg.calib_limit, cfg.calib_seed)
-    measure = backend_measure(backend, problems, cfg.sampling, out_dir / "calibration", benchmark_name(cfg.calib_benchmark), cfg.n_samples)
+    measure = backend_measure(backend, problems, cfg.sampling, out_dir / "calibration", benchmark_name(cfg.calib_benchmark),
+                              cfg.n_samples, cfg.prompt)
     try:
         result = calibrate_lambda(measure, float(cfg.target_tokens), cfg.lambda_grid, cfg.calibration_refinements)
     except CalibrationError as e:
@@ -160,7 +164,8 @@ def _examples(cfg: RealignConfig, backend: RolloutBackend | None, reference: str
 
         return from_traces(cfg.traces.load(backend.tokenizer if backend is not None else load_tokenizer(reference)))
     problems = load_benchmark(cfg.train_benchmark, cfg.train_split, cfg.train_limit, cfg.sampling.seed)
-    return generate_distillation_data(backend, problems, lam, cfg.sampling, out_dir / "distill_data.jsonl", only_correct=cfg.only_correct)
+    return generate_distillation_data(backend, problems, lam, cfg.sampling, out_dir / "distill_data.jsonl",
+                                      only_correct=cfg.only_correct, prompt=cfg.prompt)
 
 
 def _summary_rows(results: Path, lam: float) -> list[dict[str, Any]]:
@@ -219,7 +224,7 @@ def _run_round(cfg: RealignConfig, train: TrRaConfig, reference: str, aligned: s
     evaluate = stage in ("all", "eval")
     eval_problems = load_benchmark(cfg.eval_benchmark, cfg.eval_split, cfg.eval_limit, cfg.sampling.seed) if evaluate else []
     eval_bench, eval_path = benchmark_name(cfg.eval_benchmark), out_dir / "eval"
-    sweep = dict(benchmark=eval_bench, n_samples=cfg.n_samples, summarize=False)
+    sweep = dict(benchmark=eval_bench, n_samples=cfg.n_samples, prompt=cfg.prompt, summarize=False)
 
     backend = cfg.backend.open(reference, aligned) if stage != "train" else None
     try:
