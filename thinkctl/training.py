@@ -239,10 +239,10 @@ class SummedLossTrainer(Trainer):
         return (loss, None) if return_outputs else loss
 
     def finish(self) -> None:
-        """Write ``trainer_state.json`` (the loss of every logged step) next to the checkpoints and wait for
-        every process, so the main process can save the result alone."""
-        self.save_state()
+        """Write ``trainer_state.json`` (the loss of every logged step) next to the checkpoints, once every process
+        has finished its steps."""
         self.accelerator.wait_for_everyone()
+        self.save_state()
 
 
 # --- offline trace datasets -------------------------------------------------------------------------------------

@@ -94,10 +94,10 @@ def generate_distillation_data(
             prompts = [render_prompt(backend.tokenizer, p.question, prompt) for p in chunk]
             completions = backend.generate(prompts, lam, sampling)
             new = []
-            for problem, prompt, completion in zip(chunk, prompts, completions):
+            for problem, rendered, completion in zip(chunk, prompts, completions):
                 graded = grade(completion, problem.answer, backend.tokenizer)
                 new.append(DistillExample(
-                    prompt=prompt, response=completion.text, token_ids=list(completion.token_ids), problem_id=problem.id,
+                    prompt=rendered, response=completion.text, token_ids=list(completion.token_ids), problem_id=problem.id,
                     lam=lam, correct=graded.correct, thinking_tokens=graded.thinking_tokens,
                     finish_reason=completion.finish_reason,
                 ))
