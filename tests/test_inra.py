@@ -6,17 +6,20 @@ import json
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, TrainerCallback
 
 from tests.conftest import make_random_lm
+from thinkctl.batch import collate
+from thinkctl.config import build
 from thinkctl.decoding import fused_generate
 from thinkctl.errors import ConfigError, ModelLoadError, ThinkctlError
 from thinkctl.fusion import fuse_logits
 from thinkctl.inra import DualCache, InRaModel, load_inra, make_inra_backend, save_inra
 from thinkctl.inra.pairs import Rollout, preference_pair
-from thinkctl.inra.train import InRaTrainConfig, _Examples, compute_loss, dpo_loss, sequence_logps
+from thinkctl.inra.train import InRaTrainConfig, collate_pairs, dpo_loss, make_inra_trainer, sequence_logps, training_rows
 from thinkctl.rollout.hf import HFBackend
 from thinkctl.sampling import SamplingConfig
+from thinkctl.training import last_checkpoint
 
 LAMBDAS = (-0.5, 0.0, 0.5, 1.0, 1.5)
 
@@ -125,17 +128,23 @@ def test_per_sequence_lambda_matches_each_sequence_alone(trained):
     assert together.token_ids[0] == plain.token_ids[0]
 
 
-def test_training_step_leaves_base_frozen(base, word_tokenizer):
+def _inra_cfg(tmp_path, **kw) -> InRaTrainConfig:
+    return build(InRaTrainConfig, {"base": "unused", "per_device_train_batch_size": 2, "max_length": 32, "device": "cpu",
+                                   "output_dir": str(tmp_path / "run"), **kw})
+
+
+def test_training_step_leaves_base_frozen(tmp_path, base, word_tokenizer):
     inra = InRaModel.from_base(base, base_name_or_path="unused")
     before = {n: p.detach().clone() for n, p in inra.base.named_parameters()}
     adapter_before = [p.detach().clone() for p in inra.adapter_parameters()]
-    cfg = InRaTrainConfig(base="unused", method="dpo", rollout_samples=2, per_device_train_batch_size=2, max_length=32)
+    cfg = _inra_cfg(tmp_path, method="dpo", rollout_samples=2)
     prompt = "the answer is"
     groups = [[Rollout(prompt, [2, 5, 6, 7, 3, 13, 0], True, 3, "stop"), Rollout(prompt, [2, 5, 6, 7, 8, 9, 10, 3, 14, 0], True, 6, "stop")]] * 2
-    examples = _Examples(cfg, inra, word_tokenizer, groups)
+    rows = training_rows(cfg, word_tokenizer, groups)
+    trainer = make_inra_trainer(cfg, inra, word_tokenizer, rows)
     optimizer = torch.optim.AdamW(inra.adapter_parameters(), lr=1e-2)
     inra.train()
-    loss, _ = compute_loss(inra, examples, [0, 1], None, cfg)
+    loss = trainer.compute_loss(trainer.model, collate_pairs(rows, word_tokenizer.pad_token_id))
     assert abs(loss.item() - torch.nn.functional.softplus(torch.tensor(0.0)).item()) < 1e-5  # identity init: log 2
     loss.backward()
     assert all(p.grad is None for p in inra.base.parameters())
@@ -146,24 +155,79 @@ def test_training_step_leaves_base_frozen(base, word_tokenizer):
     assert not inra.base.training
 
 
-def test_distill_step_moves_adapter_path_towards_teacher(base, word_tokenizer):
+def test_distill_step_moves_adapter_path_towards_teacher(tmp_path, base, word_tokenizer):
     """At identity the adapter path is the base; a few steps on the TrRa loss bring it closer to the teacher."""
     inra = InRaModel.from_base(base, base_name_or_path="unused")
     teacher = make_random_lm(seed=1)
-    cfg = InRaTrainConfig(base="unused", teacher="unused", method="distill", per_device_train_batch_size=2, max_length=32)
+    cfg = _inra_cfg(tmp_path, teacher="unused", method="distill")
     groups = [[Rollout("the answer is", [2, 5, 6, 7, 3, 13, 0], True, 3, "stop"), Rollout("1 + 2 =", [2, 8, 9, 3, 14, 0], True, 3, "stop")]]
-    examples = _Examples(cfg, inra, word_tokenizer, groups)
+    rows = training_rows(cfg, word_tokenizer, groups)
+    trainer = make_inra_trainer(cfg, inra, word_tokenizer, rows, teacher)
+    batch = collate(rows, word_tokenizer.pad_token_id)
     optimizer = torch.optim.AdamW(inra.adapter_parameters(), lr=3e-3)
     inra.train()
     losses = []
     for _ in range(5):
         optimizer.zero_grad()
-        loss, _ = compute_loss(inra, examples, [0, 1], teacher, cfg)
+        loss = trainer.compute_loss(trainer.model, batch)
         loss.backward()
         assert all(p.grad is None for p in inra.base.parameters())
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0], losses
+
+
+def _traces(tmp_path) -> str:
+    """A trace file of prompts and short responses, as an offline SFT dataset."""
+    path = tmp_path / "short.jsonl"
+    rows = [{"question": f"{i} + 1", "response": f"<think> {i} + 1 = {i + 1} </think> the answer is \\boxed{{ {i + 1} }} ."} for i in range(8)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+class _Crash(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            raise KeyboardInterrupt("simulated kill at step 3")
+
+
+def test_sft_trains_only_the_adapter_and_resumes_from_inra_checkpoints(tmp_path, base, word_tokenizer):
+    """method sft: next-token cross-entropy of the adapter path on a trace file; only adapter parameters reach the
+    optimizer, the base is untouched, each checkpoint-N is an InRa checkpoint, and a killed run resumes to the
+    steps and adapter of an uninterrupted one."""
+    base_dir = tmp_path / "base"
+    base.save_pretrained(base_dir)
+    word_tokenizer.save_pretrained(base_dir)
+    original = {n: p.detach().clone() for n, p in base.named_parameters()}
+
+    def run(out, callbacks=None):
+        cfg = _inra_cfg(tmp_path, base=str(base_dir), method="sft", data=_traces(tmp_path), output_dir=str(out), max_steps=4,
+                        save_steps=2, logging_steps=1, learning_rate=1e-2)
+        rows = training_rows(cfg, word_tokenizer, [])
+        trainer = make_inra_trainer(cfg, InRaModel.from_base(make_random_lm(layers=2), base_name_or_path=str(base_dir)), word_tokenizer,
+                                    rows, callbacks=callbacks)
+        trainer.train(resume_from_checkpoint=last_checkpoint(out))
+        return trainer
+
+    full = run(tmp_path / "full")
+    model = full.model
+    optimized = {id(p) for group in full.optimizer.param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in model.adapter_parameters()}
+    assert all(torch.equal(p, original[n]) for n, p in model.base.named_parameters())
+    batch = collate(training_rows(full.inra, word_tokenizer, [])[:2], word_tokenizer.pad_token_id)
+    completion = (batch["labels"] != -100).long()
+    logits = model.path_logits(batch["input_ids"], batch["attention_mask"], ("adapter",))["adapter"]
+    expected = -sequence_logps(logits, batch["input_ids"], completion).sum() / completion[:, 1:].sum()
+    assert full.compute_loss(model, batch).item() == pytest.approx(expected.item(), rel=1e-6)  # cross-entropy of the adapter path
+    assert load_inra(tmp_path / "full" / "checkpoint-4").num_adapter_layers == 1  # an InRa checkpoint, adapter only
+    assert not (tmp_path / "full" / "checkpoint-4" / "model.safetensors").exists()
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "killed", [_Crash()])
+    resumed = run(tmp_path / "killed")
+    assert [h["step"] for h in resumed.state.log_history if "loss" in h] == [1, 2, 3, 4]
+    for p, q in zip(model.adapter_parameters(), resumed.model.adapter_parameters()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("merged", [False, True])
@@ -274,6 +338,8 @@ def test_config_rejects_bad_values():
         InRaTrainConfig(base="x", teacher="y", divergence="l2")
     with pytest.raises(ConfigError, match="rollout_samples"):
         InRaTrainConfig(base="x", method="dpo", rollout_samples=1)
+    with pytest.raises(ConfigError, match="'sft' needs a trace dataset"):
+        InRaTrainConfig(base="x", method="sft")
 
 
 def test_batched_streams_match_separate_streams_through_path_retirement():
@@ -324,7 +390,7 @@ def test_tiny_inra_dial(tmp_path):
     sweep = load_section(SweepConfig, recipe, "sweep")
     results = run_inra_sweep(sweep, checkpoint, run / "sweep")
     check = dial_check(summarize(load_records([results])))
-    write_dial_report(check, run / "sweep", title=f"InRa dial on the tiny pair ({cfg.method}, {cfg.max_steps} steps)")
+    write_dial_report(check, run / "sweep", title=f"InRa dial on the tiny pair ({cfg.method}, {cfg.training.max_steps} steps)")
     assert check["monotone"], check
     assert check["reduction_at_1_pct"] >= 40.0, check
     assert check["accuracy_drop_at_1_pts"] <= 2.0, check

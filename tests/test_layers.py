@@ -26,6 +26,7 @@ LAYERS: list[set[str]] = [
     {"report"},
     {"sweep"},
     {"tiny"},
+    {"training"},  # what TrRa and InRa training share: Trainer settings, frozen-model preparation, trace datasets
     {"trra", "inra"},  # the two methods are peers: what both need (the distillation loss) lives below
     {"router"},
     {"serve"},

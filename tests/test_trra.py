@@ -19,6 +19,7 @@ from thinkctl.losses import DIVERGENCES, chunked_fused_kd_loss, fused_kd_loss, t
 from thinkctl.rollout.base import Completion, RolloutBackend
 from thinkctl.sampling import SamplingConfig
 from thinkctl.batch import collate
+from thinkctl.config import build
 from thinkctl.trra.calibrate import CalibrationError, LengthPoint, backend_measure, calibrate_lambda
 from thinkctl.trra.data import DistillExample, encode_example
 from thinkctl.trra.trainer import TrRaConfig, build_student, make_trainer
@@ -127,7 +128,7 @@ def _cfg(tmp_path, **kw) -> TrRaConfig:
     base = dict(output_dir=str(tmp_path / "student"), learning_rate=1e-3, max_steps=4, per_device_train_batch_size=2,
                 save_steps=2, logging_steps=1, lambda_=0.5, chunk_size=8, max_length=64, device="cpu", seed=0)
     base.update(kw)
-    return TrRaConfig(**base)
+    return build(TrRaConfig, base)
 
 
 def test_encode_masks_the_prompt(word_tokenizer) -> None:
@@ -190,7 +191,7 @@ def _run(cfg: TrRaConfig, tokenizer, callbacks=None):
 
     trainer = make_trainer(cfg, build_student(make_random_lm(seed=0), cfg), make_random_lm(seed=0), make_random_lm(seed=1),
                            tokenizer, _examples(tokenizer), callbacks)
-    last = get_last_checkpoint(cfg.output_dir) if Path(cfg.output_dir).is_dir() else None
+    last = get_last_checkpoint(cfg.training.output_dir) if Path(cfg.training.output_dir).is_dir() else None
     trainer.train(resume_from_checkpoint=last)
     return trainer
 
@@ -322,7 +323,7 @@ def test_realign_on_tiny_default_meets_the_target(tmp_path) -> None:
     out = tmp_path / "run"
     backend = HFBackend.from_paths(str(pair.reference), str(pair.aligned), batch_size=rcfg.backend.batch_size)
     problems = load_benchmark(rcfg.calib_benchmark, rcfg.calib_split, rcfg.calib_limit, rcfg.calib_seed)
-    reference = backend_measure(backend, problems, rcfg.eval_sampling, out / "calibration", benchmark_name(rcfg.calib_benchmark))(0.0)
+    reference = backend_measure(backend, problems, rcfg.sampling, out / "calibration", benchmark_name(rcfg.calib_benchmark))(0.0)
     target = round(0.35 * reference.mean_thinking_tokens, 1)
     rcfg, tcfg = load_realign_configs("recipes/tiny-trra.yaml", {"reference": str(pair.reference), "aligned": str(pair.aligned), "target_tokens": target})
     report = run_realign(rcfg, tcfg, out)
@@ -354,18 +355,19 @@ def test_distillation_data_is_cached_filtered_and_lambda_checked(tmp_path, word_
 
 def test_user_jsonl_accepts_prompt_or_question(tmp_path, word_tokenizer) -> None:
     from thinkctl.errors import DataFormatError
-    from thinkctl.trra.data import load_distillation_jsonl
+    from thinkctl.training import load_traces
+    from thinkctl.trra.data import from_traces
 
     path = tmp_path / "data.jsonl"
     path.write_text(json.dumps({"prompt": "1 + 2 =", "response": "3"}) + "\n" + json.dumps({"question": "2 + 2", "response": "4"}) + "\n")
-    a, b = load_distillation_jsonl(path, word_tokenizer)
+    a, b = from_traces(load_traces(str(path), word_tokenizer))
     assert a.prompt == "1 + 2 =" and b.prompt.startswith("Question: 2 + 2") and a.token_ids is None
     row = encode_example(word_tokenizer, a, 64)
     input_ids, labels = row[0], collate([row], word_tokenizer.pad_token_id)["labels"][0].tolist()
     assert input_ids[-1] == word_tokenizer.eos_token_id and labels[-2:] == [word_tokenizer.convert_tokens_to_ids("3"), word_tokenizer.eos_token_id]
     path.write_text(json.dumps({"text": "x"}) + "\n")
     with pytest.raises(DataFormatError, match="data.jsonl:1"):
-        load_distillation_jsonl(path, word_tokenizer)
+        load_traces(str(path), word_tokenizer)
 
 
 def test_cli_realign_parses_and_rejects_two_goals(capsys) -> None:
@@ -376,3 +378,52 @@ def test_cli_realign_parses_and_rejects_two_goals(capsys) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["realign", "--lambda", "0.5", "--target-tokens", "40", "--out", "runs/x"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_iterated_realign_takes_each_rounds_student_as_the_next_aligned_model(tmp_path, word_tokenizer, monkeypatch) -> None:
+    """`--iterations 2` (here as a per-round λ list): round 1 distils towards (R, A); round 2 towards (R, student 1),
+    each round's student starting from R; every round keeps its report and the top level compares them."""
+    import thinkctl.trra.realign as realign
+
+    ref, aligned = _save_random_pair(tmp_path / "pair", word_tokenizer)
+    calls = []
+    real_train = realign.train_trra
+
+    def recording_train(cfg, reference, aligned_model, examples, callbacks=None):
+        calls.append((reference, aligned_model, cfg.lambda_, cfg.training.output_dir))
+        return real_train(cfg, reference, aligned_model, examples, callbacks)
+
+    monkeypatch.setattr(realign, "train_trra", recording_train)
+    values = dict(reference=ref, aligned=aligned, lambdas_per_round=[0.5, 1.0], train_limit=3, eval_limit=2, max_new_tokens=4,
+                  only_correct=False, batch_size=8, prompt_template="{question} = ?")
+    rcfg, tcfg = realign.load_realign_configs(None, values, dict(max_steps=1, per_device_train_batch_size=2, save_steps=1,
+                                                                 learning_rate=1e-3, chunk_size=16, device="cpu"))
+    assert rcfg.round_lambdas() == [0.5, 1.0]
+    out = tmp_path / "run"
+    summary = realign.run_realign(rcfg, tcfg, out)
+    first = str(out / "round-1" / "student" / "final")
+    assert calls == [(ref, aligned, 0.5, str(out / "round-1" / "student")), (ref, first, 1.0, str(out / "round-2" / "student"))]
+    assert [r["aligned"] for r in summary["rounds"]] == [aligned, first] and [r["lambda"] for r in summary["rounds"]] == [0.5, 1.0]
+    assert all((out / f"round-{k}" / "report.md").is_file() for k in (1, 2))
+    assert "round 2 student (λ=1" in (out / "report.md").read_text()
+    assert json.loads((out / "round-2" / "realign_config.json").read_text())["aligned"] == first
+    teacher_prompts = [json.loads(line)["prompt"] for line in (out / "round-2" / "distill_data.jsonl").read_text().splitlines()]
+    assert len(teacher_prompts) == 3 and all(p.endswith("= ?\nAnswer:") for p in teacher_prompts)  # the recipe's prompt
+    rcfg, _ = realign.load_realign_configs(None, {**values, "lambdas_per_round": None, "lambda_": 0.5, "iterations": 3})
+    assert rcfg.round_lambdas() == [0.5, 0.5, 0.5]
+
+
+def test_realign_rounds_and_stages_are_checked(tmp_path, word_tokenizer, monkeypatch) -> None:
+    from thinkctl.trra.realign import RealignConfig, load_realign_configs, run_realign
+
+    with pytest.raises(ConfigError, match="exactly one"):
+        RealignConfig(reference="a", aligned="b", lambda_=0.5, lambdas_per_round=[1.0, 2.0])
+    with pytest.raises(ConfigError, match="iterations=3 but lambdas_per_round has 2"):
+        RealignConfig(reference="a", aligned="b", lambdas_per_round=[1.0, 2.0], iterations=3)
+    ref, aligned = _save_random_pair(tmp_path / "pair", word_tokenizer)
+    rcfg, tcfg = load_realign_configs(None, dict(reference=ref, aligned=aligned, lambda_=0.5, train_limit=2), dict(device="cpu"))
+    with pytest.raises(ConfigError, match="run `thinkctl realign --stage data` first"):
+        run_realign(rcfg, tcfg, tmp_path / "run", stage="train")  # nothing generated yet, and train never generates
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="only --stage train runs under accelerate launch"):
+        run_realign(rcfg, tcfg, tmp_path / "run", stage="all")

@@ -358,3 +358,21 @@ def test_tiny_default_inra_in_vllm_matches_transformers(tmp_path, merged):
             assert _ids(at0) == _ids(plain_backend.generate(prompts, 0.0, GREEDY))
         finally:
             plain_backend.close()
+
+
+@pytest.mark.slow
+def test_data_parallel_replicas_give_the_tokens_of_transformers(tmp_path):
+    """``data_parallel_size=2`` (vLLM's AsyncLLM over two engine cores) decodes a fused pair at mixed λ to the same
+    greedy tokens as the transformers backend. Two engine starts on CPU: slow."""
+    from thinkctl.rollout import BackendConfig
+
+    base = save_random_model(tmp_path / "base", seed=0)
+    aligned = save_random_model(tmp_path / "aligned", seed=1)
+    backend = BackendConfig(engine="vllm", batch_size=16, data_parallel_size=2).open(str(base), str(aligned))
+    try:
+        vllm_ids = [c.token_ids for c in backend.generate(PROMPTS, MIXED, GREEDY)]
+        again = [c.token_ids for c in backend.generate(PROMPTS[:3], MIXED[:3], GREEDY)]  # a second call on the same replicas
+    finally:
+        backend.close()
+    hf_ids = [c.token_ids for c in HFBackend.from_paths(str(base), str(aligned)).generate(PROMPTS, MIXED, GREEDY)]
+    assert vllm_ids == hf_ids and again == hf_ids[:3]

@@ -48,3 +48,10 @@ def encode(tokenizer: object, prompt: str, response_ids: Sequence[int], max_leng
     """An :data:`Example`: the rendered prompt's tokens then the response's, cut to ``max_length``."""
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
     return (prompt_ids + list(response_ids))[:max_length], min(len(prompt_ids), max_length)
+
+
+def encode_text(tokenizer: object, prompt: str, response: str, max_length: int) -> Example:
+    """:func:`encode` for a response given as text (a dataset's, not generated here): tokenized and closed with
+    EOS, so the model learns to stop where the text ends."""
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
+    return encode(tokenizer, prompt, response_ids + [tokenizer.eos_token_id], max_length)  # type: ignore[attr-defined]

@@ -158,8 +158,10 @@ def cmd_realign(args: argparse.Namespace) -> None:
     realign_cfg, trra_cfg = load_realign_configs(
         args.recipe, flag_values(args, RealignConfig), flag_values(args, TrRaConfig, exclude=_REALIGN_SETS)
     )
-    run_realign(realign_cfg, trra_cfg, args.out)
-    print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
+    if run_realign(realign_cfg, trra_cfg, args.out, args.stage) is not None:
+        print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
+    else:
+        print(f"realign --stage {args.stage}: done in {args.out}")
 
 
 def cmd_inra_train(args: argparse.Namespace) -> None:
@@ -270,11 +272,14 @@ def _args_generate(p: argparse.ArgumentParser) -> None:
 
 
 def _args_realign(p: argparse.ArgumentParser) -> None:
-    from thinkctl.trra.realign import RealignConfig
+    from thinkctl.trra.realign import STAGES, RealignConfig
     from thinkctl.trra.trainer import TrRaConfig
 
     p.add_argument("--recipe", help="YAML recipe with `realign:` and `trra:` sections (e.g. recipes/tiny-trra.yaml)")
     p.add_argument("--out", required=True, help="run directory (resumable): calibration, data, student/, eval/, report.md")
+    p.add_argument("--stage", choices=STAGES, default="all",
+                   help="all (default) in one process; or data (calibrate, teacher data), train (distil: the stage to run "
+                        "under `accelerate launch`), eval (evaluate, report) apart")
     add_flags(p, RealignConfig)
     add_flags(p, TrRaConfig, exclude=_REALIGN_SETS)
     p.set_defaults(func=cmd_realign)
@@ -283,7 +288,7 @@ def _args_realign(p: argparse.ArgumentParser) -> None:
 def _args_inra(p: argparse.ArgumentParser) -> None:
     from thinkctl.inra.train import InRaTrainConfig
 
-    text = "train an InRa adapter on a base model (fused distillation or DPO)"
+    text = "train an InRa adapter on a base model (SFT on short traces, fused distillation or DPO)"
     train = p.add_subparsers(dest="inra_command", required=True).add_parser("train", help=text, description=text)
     train.add_argument("--recipe", help="YAML recipe whose `inra:` section sets the defaults")
     add_flags(train, InRaTrainConfig)

@@ -8,7 +8,9 @@ On every response token the target is ``softmax(λ·z_aligned + (1−λ)·z_ref)
 * ``jsd``         generalized JSD with mixture ``β·p_teacher + (1−β)·p_student`` (β=0 is forward KL,
   β=1 reverse KL, exactly as ``GKDTrainer.generalized_jsd_loss``).
 
-The loss is a mean over response tokens (prompt and padding are masked out). It comes in two forms
+The loss is a mean over response tokens (prompt and padding are masked out), or with ``reduction="sum"`` their
+sum, which a Trainer divides by the tokens of a whole optimizer step (all micro-batches and processes, see
+:class:`thinkctl.training.SummedLossTrainer`). It comes in two forms
 that compute the same number (the float64 tests check loss and gradients):
 
 * :func:`fused_kd_loss` from logits, for callers that have the three logits anyway (InRa's two paths
@@ -49,6 +51,15 @@ def jsd_beta_option() -> Any:
     return option(0.5, "JSD mixture weight of the teacher: 0 = forward KL, 1 = reverse KL")
 
 
+def _reduce(total: torch.Tensor, n: torch.Tensor, reduction: str) -> torch.Tensor:
+    """The sum over selected tokens as it is, or divided by their number (at least 1)."""
+    if reduction == "sum":
+        return total
+    if reduction != "mean":
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    return total / n.clamp(min=1).to(total.dtype)
+
+
 def validate_divergence(kind: str, beta: float = 0.5) -> None:
     """Raise :class:`ConfigError` for an unknown divergence or a JSD β outside [0, 1]."""
     if kind not in DIVERGENCES:
@@ -78,7 +89,7 @@ def token_divergence(student_logp: torch.Tensor, teacher_logp: torch.Tensor, kin
 
 def fused_kd_loss(
     student_logits: torch.Tensor, ref_logits: torch.Tensor, aligned_logits: torch.Tensor,
-    mask: torch.Tensor, lam: LambdaLike, kind: str = "forward_kl", beta: float = 0.5,
+    mask: torch.Tensor, lam: LambdaLike, kind: str = "forward_kl", beta: float = 0.5, reduction: str = "mean",
 ) -> torch.Tensor:
     """Mean divergence to the fused teacher over positions where ``mask`` is true, from logits.
 
@@ -91,8 +102,7 @@ def fused_kd_loss(
         teacher = fused_log_probs(aligned_logits, ref_logits, lam)
     student = torch.log_softmax(_wide(student_logits), dim=-1)
     per_token = token_divergence(student, teacher.to(student.dtype), kind, beta)
-    mask = mask.to(per_token.dtype)
-    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+    return _reduce((per_token * mask.to(per_token.dtype)).sum(), mask.sum(), reduction)
 
 
 def _per_token_lambda(lam: LambdaLike, mask: torch.Tensor) -> torch.Tensor | float:
@@ -158,6 +168,7 @@ def chunked_fused_kd_loss(
     kind: str = "forward_kl",
     beta: float = 0.5,
     chunk_size: int = 1024,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """:func:`fused_kd_loss` from final hidden states and lm_head weights, one chunk of tokens at a time.
 
@@ -181,4 +192,4 @@ def chunked_fused_kd_loss(
         student_hidden[mask], student_head, ref_hidden[mask].detach(), ref_head.detach(),
         aligned_hidden[mask].detach(), aligned_head.detach(), lam_tok, kind, beta, chunk_size,
     )
-    return total / n.clamp(min=1).to(total.dtype)
+    return _reduce(total, n, reduction)

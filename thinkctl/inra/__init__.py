@@ -1,7 +1,7 @@
 """InRa: inference-time realignment with one model, an identity-initialised layer adapter and a λ dial.
 
 See :mod:`thinkctl.inra.model` for the dual-path model, :mod:`thinkctl.inra.checkpoint` for the
-on-disk format and :mod:`thinkctl.inra.train` for DPO and TrRa-style distillation of the adapter.
+on-disk format and :mod:`thinkctl.inra.train` for training the adapter (SFT, TrRa-style distillation or DPO).
 """
 
 from thinkctl.inra.checkpoint import (

@@ -77,9 +77,13 @@ def inra_config_dict(model: InRaModel, merged: bool) -> dict[str, Any]:
     return config
 
 
-def save_inra(model: InRaModel, path: str | Path, merged: bool = False, tokenizer: Any = None) -> Path:
+def save_inra(
+    model: InRaModel, path: str | Path, merged: bool = False, tokenizer: Any = None, adapter_state: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Write an InRa checkpoint directory (adapter-only unless ``merged``); returns its path.
 
+    ``adapter_state`` gives the adapter tensors under the model's own names (``adapter_layers.{i}.<param>``) when
+    they come from a gathered state dict (FSDP, ZeRO-3) rather than from ``model``'s sharded modules.
     The weights file is written before ``config.json``, so a directory with a config always has its
     weights: a crash mid-save leaves no loadable-looking half checkpoint.
     """
@@ -87,7 +91,10 @@ def save_inra(model: InRaModel, path: str | Path, merged: bool = False, tokenize
     path.mkdir(parents=True, exist_ok=True)
     if not merged and not model.base_name_or_path:
         raise ModelLoadError("an adapter-only InRa checkpoint must name its base model; pass base_name_or_path or save merged")
-    tensors = adapter_state_dict(model)
+    if adapter_state is None:
+        tensors = adapter_state_dict(model)
+    else:
+        tensors = {f"model.{k}": t.detach().contiguous().cpu() for k, t in adapter_state.items()}
     if merged:
         tensors = {**base_state_dict(model), **tensors}
     target = path / (MERGED_FILE if merged else ADAPTER_FILE)
@@ -181,13 +188,12 @@ def load_inra(path: str | Path, dtype: str | torch.dtype = "float32", device: st
     return model.eval()
 
 
-def load_adapter_weights(model: InRaModel, path: str | Path) -> None:
-    """Overwrite ``model``'s adapter layers with those of the checkpoint at ``path`` (training resume)."""
+def adapter_weights(path: str | Path, num_adapter_layers: int) -> dict[str, torch.Tensor]:
+    """The adapter tensors of the checkpoint at ``path`` under the model's own names (training resume)."""
     path = Path(path)
     file = path / ADAPTER_FILE if (path / ADAPTER_FILE).is_file() else path / MERGED_FILE
-    _, adapter_tensors = _split(load_file(str(file)), model.num_adapter_layers)
-    for layer, tensors in zip(model.adapter_layers, adapter_tensors):
-        layer.load_state_dict(tensors, strict=True)
+    _, adapter_tensors = _split(load_file(str(file)), num_adapter_layers)
+    return {f"adapter_layers.{i}.{name}": t for i, tensors in enumerate(adapter_tensors) for name, t in tensors.items()}
 
 
 def load_inra_tokenizer(path: str | Path) -> Any:

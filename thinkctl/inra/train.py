@@ -1,46 +1,52 @@
-"""Training the InRa adapter: DPO towards shorter correct thinking, or TrRa-style fused distillation.
+"""Training the InRa adapter on the Hugging Face Trainer: SFT on short traces, fused distillation, or DPO.
 
-Only the adapter layers train; the base is frozen, so the DPO reference (the model without the
-adapter) is the original path of the same network and no second copy of the weights is held. Its
-sequence log-probs never change during training, so they are computed once when the data is built.
+Only the adapter layers train; the base is frozen inside the same :class:`InRaModel` (never a second copy),
+so only adapter parameters reach the optimizer. Three methods:
 
-* ``method="dpo"``: preference pairs from sampled rollouts of the base model graded with
-  :mod:`thinkctl.grading` (see :func:`thinkctl.inra.pairs.preference_pair`), trained with TRL's sigmoid
-  DPO loss on the adapter path. TRL 1.16 keeps that loss inline in ``DPOTrainer._compute_loss`` and
-  its trainer needs a ``PreTrainedModel`` whose forward takes ``fused_lm_head`` and a separate or PEFT
-  reference, none of which fits a frozen-base dual-path module; the loss is restated in
-  :func:`dpo_loss` (tested against a float64 reference) and TRL's ``selective_log_softmax`` computes
-  the per-token log-probs.
+* ``method="sft"`` (the paper's): next-token cross-entropy of the adapter path on short traces — an existing
+  dataset (``data``, e.g. ``wh-zhu/short_cot_calibration``) or, without one, verified-correct rollouts of the
+  aligned ``teacher`` (the tiny pair has no published traces).
 * ``method="distill"``: the adapter path is distilled towards the fused teacher
-  ``fuse(z_teacher, z_base, teacher_lambda)`` with TrRa's loss (:func:`thinkctl.losses.fused_kd_loss`,
-  the logits form: both paths' logits are computed here anyway; ``divergence``: forward_kl |
-  reverse_kl | jsd), on sequences decoded from the fused pair at ``rollout_lambdas`` (covering the
-  states the dial visits).
+  ``fuse(z_teacher, z_base, teacher_lambda)`` with TrRa's loss (:func:`thinkctl.losses.fused_kd_loss`, the
+  logits form: both paths' logits are computed here anyway; ``divergence``: forward_kl | reverse_kl | jsd), on
+  sequences decoded from the fused pair at ``rollout_lambdas`` (covering the states the dial visits).
+* ``method="dpo"``: preference pairs from sampled rollouts of the base model graded with
+  :mod:`thinkctl.grading` (see :func:`thinkctl.inra.pairs.preference_pair`), trained with TRL's sigmoid DPO
+  loss on the adapter path. The DPO reference (the model without the adapter) is the original path of the
+  same network, run without gradients in the same step (TRL's default, ``precompute_ref_log_probs=False``).
+  TRL 1.16 keeps that loss inline in ``DPOTrainer._compute_loss`` and its trainer needs a ``PreTrainedModel``
+  whose forward takes ``fused_lm_head`` and a separate or PEFT reference, none of which fits a frozen-base
+  dual-path module; the loss is restated in :func:`dpo_loss` (tested against a float64 reference) and TRL's
+  ``selective_log_softmax`` computes the per-token log-probs.
 
-Runs checkpoint every ``save_steps`` (adapter + optimizer + scheduler + step) and resume from the
-latest checkpoint in ``output_dir``; the rollouts are cached in ``output_dir/rollouts.jsonl``.
+The same code runs as one process or under ``accelerate launch`` (DDP, FSDP, ZeRO-3; see
+:mod:`thinkctl.training`). Checkpoints are the Trainer's ``checkpoint-N`` (each one an adapter-only InRa
+checkpoint plus optimizer, scheduler and RNG state), resumed after a kill with no lost or repeated steps; the
+result is the InRa checkpoint ``OUTPUT_DIR/final``. Rollouts are generated once, on the main process, and
+cached in ``OUTPUT_DIR/rollouts.jsonl``.
 """
 
 from __future__ import annotations
 
+import functools
+import gc
 import logging
-import math
-import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from transformers import TrainerCallback, TrainingArguments
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from trl.trainer.utils import selective_log_softmax
 
-from thinkctl.batch import IGNORE_INDEX, Example, collate, encode, positions
+from thinkctl.batch import IGNORE_INDEX, Example, collate, encode, encode_text, positions
 from thinkctl.config import group, lambda_grid_option, lambda_option, option
 from thinkctl.data import load_benchmark
 from thinkctl.errors import ConfigError
-from thinkctl.inra.checkpoint import load_adapter_weights, save_inra
+from thinkctl.inra.checkpoint import adapter_weights, save_inra
 from thinkctl.inra.model import InRaModel
 from thinkctl.inra.pairs import Rollout, collect_rollouts, load_rollouts, preference_pair, save_rollouts
 from thinkctl.io import atomic_write_json
@@ -48,31 +54,32 @@ from thinkctl.losses import divergence_option, fused_kd_loss, jsd_beta_option, v
 from thinkctl.models import load_causal_lm, load_tokenizer
 from thinkctl.rollout.hf import HFBackend
 from thinkctl.sampling import SamplingConfig
+from thinkctl.training import FINAL_DIR, ListDataset, SummedLossTrainer, TraceConfig, TrainerConfig, last_checkpoint, prepare_frozen
 
 log = logging.getLogger(__name__)
 
-METHODS = ("dpo", "distill")
-CHECKPOINT_PREFIX = "checkpoint-"
-STATE_FILE = "trainer_state.pt"
+METHODS = ("sft", "distill", "dpo")
 
 
 @dataclass
 class InRaTrainConfig:
-    """The ``inra:`` section of a recipe; names follow ``transformers.TrainingArguments`` where they overlap.
+    """The ``inra:`` section of a recipe: the Trainer settings (:class:`TrainerConfig`) and the adapter's own.
 
     Training rollouts are sampled with ``rollout`` (recipe keys ``rollout_max_new_tokens``,
     ``rollout_temperature``, ``rollout_top_p``, ``rollout_seed``).
     """
 
     base: str = option("", "base (reference) model the adapter is added to: hub name or path")
-    output_dir: str = option("runs/inra", "run directory; the checkpoint lands in OUTPUT_DIR/final")
-    method: str = option("distill", "distill (towards the fused teacher) or dpo (shorter correct thinking)", choices=METHODS)
-    teacher: str | None = option(None, "aligned model the fused distillation target uses")
+    method: str = option("distill", "sft (short traces), distill (towards the fused teacher) or dpo (shorter correct thinking)",
+                         choices=METHODS)
+    teacher: str | None = option(None, "aligned model: the fused distillation target (distill), or whose verified-correct "
+                                       "rollouts sft trains on when no trace dataset is given")
     teacher_lambda: float = lambda_option(1.0, "λ of the fused distillation target")
     divergence: str = divergence_option(renamed_from=("loss_kind",))
     jsd_beta: float = jsd_beta_option()
     beta: float = option(0.1, "DPO β (strength of the preference against the frozen base)")
     num_adapter_layers: int = option(1, "identity-initialised adapter layers in front of the base's layers")
+    traces: TraceConfig = group(TraceConfig)
     benchmark: str = option("tiny", "benchmark whose problems the rollouts answer")
     split: str | None = option("train", "its split")
     limit: int | None = option(256, "problems to roll out on")
@@ -81,18 +88,9 @@ class InRaTrainConfig:
     rollout: SamplingConfig = group(SamplingConfig, prefix="rollout_")
     rollout_batch_size: int = option(32, "prompts generated together in the rollouts")
     max_length: int = option(384, "prompt + response tokens kept per training sequence")
-    learning_rate: float = option(1e-3, "peak learning rate (AdamW)")
-    weight_decay: float = option(0.0, "AdamW weight decay")
-    warmup_steps: int = option(10, "linear warmup steps")
-    max_steps: int = option(200, "optimizer steps")
-    per_device_train_batch_size: int = option(8, "sequences (DPO: pairs) per micro-batch")
-    gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
-    max_grad_norm: float = option(1.0, "gradient clipping norm")
-    logging_steps: int = option(10, "log the loss every this many steps")
-    save_steps: int = option(50, "checkpoint every this many steps (resumable after a kill)")
-    seed: int = option(0, "training seed (problems, data order)")
     dtype: str = option("float32", "model precision", choices=("float32", "bfloat16", "float16"))
-    device: str = option("cpu", "training device: cpu, cuda, …")
+    training: TrainerConfig = group(lambda: TrainerConfig(
+        output_dir="runs/inra", learning_rate=1e-3, max_steps=200, warmup_ratio=0.05, save_steps=50))
 
     def __post_init__(self) -> None:
         if not self.base:
@@ -101,8 +99,10 @@ class InRaTrainConfig:
             raise ConfigError(f"inra: method must be one of {list(METHODS)}, got {self.method!r}")
         if self.method == "distill" and not self.teacher:
             raise ConfigError("inra: method 'distill' needs `teacher` (the aligned model the fused target uses)")
+        if self.method == "sft" and not (self.traces.data or self.teacher):
+            raise ConfigError("inra: method 'sft' needs a trace dataset (`data`) or a `teacher` whose rollouts to train on")
         validate_divergence(self.divergence, self.jsd_beta)
-        for name in ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "num_adapter_layers", "rollout_samples"):
+        for name in ("num_adapter_layers", "rollout_samples", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"inra: {name} must be ≥ 1, got {getattr(self, name)}")
         if self.method == "dpo" and self.rollout_samples < 2:
@@ -116,11 +116,6 @@ def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, completion_mas
     """Sum of log p(token) over completion tokens, per row (logits at t predict the token at t+1)."""
     per_token = selective_log_softmax(logits[:, :-1].float(), input_ids[:, 1:])
     return (per_token * completion_mask[:, 1:]).sum(dim=-1)
-
-
-def _completion_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """1 on response tokens, 0 on prompt and padding (the collated labels' non-ignored positions)."""
-    return (batch["labels"] != IGNORE_INDEX).long()
 
 
 def dpo_loss(
@@ -138,181 +133,159 @@ def dpo_loss(
 # --- data ------------------------------------------------------------------------------------------------
 
 
-def encode_rollout(tokenizer: Any, rollout: Rollout, max_length: int) -> Example:
-    """Prompt + response token ids (truncated to ``max_length``) and the prompt length."""
-    return encode(tokenizer, rollout.prompt, rollout.token_ids, max_length)
-
-
-def _inputs(rows: list[Example], pad_id: int, device: str) -> dict[str, torch.Tensor]:
-    """A collated batch on ``device``."""
-    return {k: v.to(device) for k, v in collate(rows, pad_id).items()}
-
-
-def build_rollouts(cfg: InRaTrainConfig, base: Any, teacher: Any, tokenizer: Any, path: Path) -> list[list[Rollout]]:
+def build_rollouts(cfg: InRaTrainConfig, tokenizer: Any, path: Path, device: str) -> list[list[Rollout]]:
     """Rollouts for training, generated once and cached at ``path``.
 
-    DPO samples the base model alone (λ = 0); distillation decodes the fused base/teacher pair at
-    each of ``rollout_lambdas`` so the adapter learns on the states it will see across the dial.
+    SFT decodes the aligned teacher alone and DPO the base alone (λ = 0 of a one-model backend); distillation
+    decodes the fused base/teacher pair at each of ``rollout_lambdas`` so the adapter learns on the states it will
+    see across the dial. The generating models are loaded here and freed afterwards.
     """
     if path.is_file():
         log.info("reusing rollouts from %s", path)
         return load_rollouts(path)
-    problems = load_benchmark(cfg.benchmark, cfg.split, cfg.limit, cfg.seed)
-    backend = HFBackend(base, teacher, tokenizer, batch_size=cfg.rollout_batch_size, device=cfg.device)
-    lambdas = [0.0] if cfg.method == "dpo" else cfg.rollout_lambdas
+    if is_deepspeed_zero3_enabled():
+        raise ConfigError("inra: rollouts cannot be generated from ZeRO-3-sharded models; generate them once without "
+                          f"ZeRO-3 (they are cached in {path}) or train method sft on a trace dataset")
+    problems = load_benchmark(cfg.benchmark, cfg.split, cfg.limit, cfg.training.seed)
+    first = cfg.teacher if cfg.method == "sft" else cfg.base
+    second = cfg.teacher if cfg.method == "distill" else None
+    backend = HFBackend(load_causal_lm(first, cfg.dtype, device), load_causal_lm(second, cfg.dtype, device) if second else None,
+                        tokenizer, batch_size=cfg.rollout_batch_size, device=device)
+    lambdas = cfg.rollout_lambdas if cfg.method == "distill" else [0.0]
     groups = collect_rollouts(backend, problems, lambdas, cfg.rollout_samples, cfg.rollout, tokenizer)
+    del backend
+    gc.collect()
     save_rollouts(path, groups)
     return groups
 
 
-# --- the loop ------------------------------------------------------------------------------------------------
+def training_rows(cfg: InRaTrainConfig, tokenizer: Any, groups: list[list[Rollout]]) -> list[Any]:
+    """Encoded training rows: sequences (sft, distill) or (chosen, rejected) pairs (dpo)."""
 
+    def enc(r: Rollout) -> Example:
+        return encode(tokenizer, r.prompt, r.token_ids, cfg.max_length)
 
-class _Examples:
-    """Training examples as encoded rows: pairs (chosen, rejected, ref logps) for DPO, sequences for distill."""
-
-    def __init__(self, cfg: InRaTrainConfig, model: InRaModel, tokenizer: Any, groups: list[list[Rollout]]) -> None:
-        self.cfg = cfg
-        self.pad_id = tokenizer.pad_token_id
-        if cfg.method == "dpo":
-            pairs = [p for p in (preference_pair(g) for g in groups) if p is not None]
-            if not pairs:
-                raise ConfigError("inra: the rollouts gave no preference pairs (no prompt had a correct answer to prefer)")
-            self.rows = [(encode_rollout(tokenizer, c, cfg.max_length), encode_rollout(tokenizer, r, cfg.max_length)) for c, r in pairs]
-            self.ref_logps = self._reference_logps(model)
-            log.info("DPO: %d preference pairs from %d prompts", len(self.rows), len(groups))
-        else:
-            self.rows = [encode_rollout(tokenizer, r, cfg.max_length) for g in groups for r in g]
-            log.info("distill: %d sequences", len(self.rows))
-
-    @torch.no_grad()
-    def _reference_logps(self, model: InRaModel) -> torch.Tensor:
-        """Original-path log-probs of every chosen and rejected response: (n_pairs, 2), computed once."""
-        out = []
-        bs = self.cfg.per_device_train_batch_size
-        for start in range(0, len(self.rows), bs):
-            batch = self.rows[start : start + bs]
-            inputs = _inputs([c for c, _ in batch] + [r for _, r in batch], self.pad_id, self.cfg.device)
-            logits = model.path_logits(inputs["input_ids"], inputs["attention_mask"], ("original",))["original"]
-            logps = sequence_logps(logits, inputs["input_ids"], _completion_mask(inputs))
-            out.append(torch.stack(logps.chunk(2), dim=-1))
-        return torch.cat(out).cpu()
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def order(self, epoch: int) -> list[int]:
-        idx = list(range(len(self.rows)))
-        random.Random(self.cfg.seed * 1_000_003 + epoch).shuffle(idx)
-        return idx
-
-    def batch(self, step: int) -> list[int]:
-        """The example indices of micro-batch number ``step`` (deterministic, so resume needs no state)."""
-        bs = self.cfg.per_device_train_batch_size
-        per_epoch = max(len(self.rows) // bs, 1)
-        epoch, k = divmod(step, per_epoch)
-        order = self.order(epoch)
-        return order[k * bs : (k + 1) * bs] or order[:bs]
-
-
-def compute_loss(
-    model: InRaModel, examples: _Examples, idx: list[int], teacher: Any, cfg: InRaTrainConfig
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss of one micro-batch and a few numbers worth logging."""
     if cfg.method == "dpo":
-        rows = [examples.rows[i] for i in idx]
-        inputs = _inputs([c for c, _ in rows] + [r for _, r in rows], examples.pad_id, cfg.device)
-        logits = model.path_logits(inputs["input_ids"], inputs["attention_mask"], ("adapter",))["adapter"]
-        chosen, rejected = sequence_logps(logits, inputs["input_ids"], _completion_mask(inputs)).chunk(2)
-        ref = examples.ref_logps[idx].to(chosen.device)
-        losses = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], cfg.beta)
-        margin = ((chosen - ref[:, 0]) - (rejected - ref[:, 1])).mean().item() * cfg.beta
-        return losses.mean(), {"reward_margin": margin}
-    inputs = _inputs([examples.rows[i] for i in idx], examples.pad_id, cfg.device)
-    z = model.path_logits(inputs["input_ids"], inputs["attention_mask"])
-    with torch.no_grad():
-        z_teacher = teacher(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                            position_ids=positions(inputs["attention_mask"])).logits
-    mask = _completion_mask(inputs)[:, 1:]
-    loss = fused_kd_loss(z["adapter"][:, :-1], z["original"][:, :-1], z_teacher[:, :-1], mask, cfg.teacher_lambda,
-                         cfg.divergence, cfg.jsd_beta)
-    return loss, {}
+        pairs = [p for p in (preference_pair(g) for g in groups) if p is not None]
+        if not pairs:
+            raise ConfigError("inra: the rollouts gave no preference pairs (no prompt had a correct answer to prefer)")
+        log.info("DPO: %d preference pairs from %d prompts", len(pairs), len(groups))
+        return [(enc(c), enc(r)) for c, r in pairs]
+    if cfg.method == "sft" and cfg.traces.data:
+        rows = [encode_text(tokenizer, t.prompt, t.response, cfg.max_length) for t in cfg.traces.load(tokenizer)]
+    elif cfg.method == "sft":
+        rows = [enc(r) for g in groups for r in g if r.correct and r.finish_reason == "stop"]
+    else:
+        rows = [enc(r) for g in groups for r in g]
+    rows = [(ids, n_prompt) for ids, n_prompt in rows if len(ids) > max(n_prompt, 1)]  # a response token to predict
+    if not rows:
+        raise ConfigError(f"inra: no {cfg.method} training sequence with a response token within max_length={cfg.max_length}")
+    log.info("%s: %d sequences", cfg.method, len(rows))
+    return rows
 
 
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The newest complete checkpoint (one whose trainer state was written last)."""
-    done = [p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / STATE_FILE).is_file() and p.name[len(CHECKPOINT_PREFIX) :].isdigit()]
-    return max(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]), default=None)
+def collate_pairs(pairs: list[tuple[Example, Example]], pad_id: int) -> dict[str, torch.Tensor]:
+    """One batch of the chosen rows followed by the rejected rows (row i and i + n are a pair)."""
+    return collate([c for c, _ in pairs] + [r for _, r in pairs], pad_id)
 
 
-def _save_checkpoint(model: InRaModel, tokenizer: Any, optimizer: Any, scheduler: Any, step: int, output_dir: Path) -> None:
-    path = output_dir / f"{CHECKPOINT_PREFIX}{step}"
-    save_inra(model, path, tokenizer=tokenizer)
-    tmp = path / (STATE_FILE + ".tmp")
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp)
-    tmp.replace(path / STATE_FILE)
-    for old in output_dir.glob(f"{CHECKPOINT_PREFIX}*"):
-        if old != path and old.name[len(CHECKPOINT_PREFIX) :].isdigit():
-            for f in old.iterdir():
-                f.unlink()
-            old.rmdir()
+# --- the trainer -----------------------------------------------------------------------------------------
 
 
-def train_inra(cfg: InRaTrainConfig) -> Path:
-    """Train an adapter on ``cfg.base`` and save the final InRa checkpoint to ``cfg.output_dir``.
+class InRaTrainer(SummedLossTrainer):
+    """``Trainer`` over an :class:`InRaModel`: only adapter parameters train, checkpoints are InRa checkpoints."""
 
-    Resumes from the latest ``checkpoint-N`` in ``output_dir``; returns the final checkpoint path.
+    def __init__(self, *args: Any, inra: InRaTrainConfig, teacher: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.inra = inra
+        self.teacher = prepare_frozen(teacher, self.accelerator) if teacher is not None else None
+
+    def count_items(self, inputs: dict[str, torch.Tensor]) -> int:
+        """Response tokens; DPO: pairs."""
+        if self.inra.method == "dpo":
+            return inputs["input_ids"].shape[0] // 2
+        return int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+    def loss_terms(self, model: InRaModel, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        input_ids, attention_mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
+        completion = (labels != IGNORE_INDEX).long()
+        if self.inra.method == "sft":
+            logits = model.path_logits(input_ids, attention_mask, ("adapter",))["adapter"]
+            return -sequence_logps(logits, input_ids, completion).sum(), completion[:, 1:].sum()
+        if self.inra.method == "dpo":
+            z = model.path_logits(input_ids, attention_mask)  # the original path runs without gradients
+            chosen, rejected = sequence_logps(z["adapter"], input_ids, completion).chunk(2)
+            ref_chosen, ref_rejected = sequence_logps(z["original"], input_ids, completion).chunk(2)
+            losses = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.inra.beta)
+            return losses.sum(), torch.tensor(losses.shape[0])
+        z = model.path_logits(input_ids, attention_mask)
+        with torch.no_grad():
+            z_teacher = self.teacher(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask)).logits
+        mask = completion[:, 1:]
+        total = fused_kd_loss(z["adapter"][:, :-1], z["original"][:, :-1], z_teacher[:, :-1], mask, self.inra.teacher_lambda,
+                              self.inra.divergence, self.inra.jsd_beta, reduction="sum")
+        return total, mask.sum()
+
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Checkpoints are adapter-only InRa checkpoints (the format vLLM's model reads): the frozen base is never
+        rewritten. Under FSDP/ZeRO-3 the Trainer hands over the gathered state dict to take the adapter from."""
+        if not self.args.should_save:
+            return
+        adapter = None if state_dict is None else {k: v for k, v in state_dict.items() if k.startswith("adapter_layers.")}
+        save_inra(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir, tokenizer=self.processing_class,
+                  adapter_state=adapter)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        """Resume the adapter of ``checkpoint-N`` (optimizer, scheduler and RNG state are the Trainer's to restore).
+
+        ``set_model_state_dict`` loads full tensors into a plain, DDP or FSDP-sharded model alike.
+        """
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        state = adapter_weights(resume_from_checkpoint, unwrapped.num_adapter_layers)
+        set_model_state_dict(model if model is not None else self.model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+def make_inra_trainer(
+    cfg: InRaTrainConfig,
+    model: InRaModel,
+    tokenizer: Any,
+    rows: list[Any],
+    teacher: Any = None,
+    args: TrainingArguments | None = None,
+    callbacks: list[TrainerCallback] | None = None,
+) -> InRaTrainer:
+    """An :class:`InRaTrainer` over encoded ``rows`` (see :func:`training_rows`); ``args`` default: ``cfg``'s."""
+    collator = collate_pairs if cfg.method == "dpo" else collate
+    return InRaTrainer(
+        model=model, args=args or cfg.training.training_arguments(), train_dataset=ListDataset(rows),
+        data_collator=functools.partial(collator, pad_id=tokenizer.pad_token_id), processing_class=tokenizer,
+        callbacks=callbacks, inra=cfg, teacher=teacher,
+    )
+
+
+def train_inra(cfg: InRaTrainConfig, callbacks: list[TrainerCallback] | None = None) -> Path:
+    """Train an adapter on ``cfg.base`` and save the final InRa checkpoint to ``OUTPUT_DIR/final``.
+
+    Runs as one process or on every process of an ``accelerate launch``; resumes from the latest
+    ``checkpoint-N`` in the output directory. Returns the final checkpoint path.
     """
-    output_dir = Path(cfg.output_dir)
+    output_dir = Path(cfg.training.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output_dir / "train_config.json", asdict(cfg))
-    torch.manual_seed(cfg.seed)
+    args = cfg.training.training_arguments()  # first: under ZeRO-3 it makes the model loads below sharded
     tokenizer = load_tokenizer(cfg.base)
-    base = load_causal_lm(cfg.base, cfg.dtype, cfg.device)
-    teacher = load_causal_lm(cfg.teacher, cfg.dtype, cfg.device) if cfg.teacher else None
+    with args.main_process_first(desc="InRa training data"):
+        needs_rollouts = not (cfg.method == "sft" and cfg.traces.data)
+        groups = build_rollouts(cfg, tokenizer, output_dir / "rollouts.jsonl", str(args.device)) if needs_rollouts else []
+    rows = training_rows(cfg, tokenizer, groups)
+    torch.manual_seed(cfg.training.seed)
+    base = load_causal_lm(cfg.base, cfg.dtype)
     model = InRaModel.from_base(base, cfg.num_adapter_layers, default_lambda=1.0, base_name_or_path=cfg.base)
-
-    groups = build_rollouts(cfg, base, teacher if cfg.method == "distill" else None, tokenizer, output_dir / "rollouts.jsonl")
-    examples = _Examples(cfg, model, tokenizer, groups)
-
-    params = model.adapter_parameters()
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
-    step = 0
-    resume = latest_checkpoint(output_dir)
-    if resume is not None:
-        load_adapter_weights(model, resume)
-        state = torch.load(resume / STATE_FILE, weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step = int(state["step"])
-        log.info("resumed from %s (step %d)", resume, step)
-
-    model.train()
-    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"inra {cfg.method}", unit="step")
-    running: list[float] = []
-    while step < cfg.max_steps:
-        optimizer.zero_grad(set_to_none=True)
-        extras: dict[str, float] = {}
-        for micro in range(cfg.gradient_accumulation_steps):
-            loss, extras = compute_loss(model, examples, examples.batch(step * cfg.gradient_accumulation_steps + micro), teacher, cfg)
-            (loss / cfg.gradient_accumulation_steps).backward()
-            running.append(loss.item())
-        if not math.isfinite(running[-1]):
-            raise FloatingPointError(f"InRa training loss became {running[-1]} at step {step}; lower learning_rate")
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        bar.update(1)
-        if step % cfg.logging_steps == 0 or step == cfg.max_steps:
-            mean = sum(running) / len(running)
-            bar.set_postfix(loss=f"{mean:.4f}", **{k: f"{v:.3f}" for k, v in extras.items()})
-            log.info("step %d loss %.4f lr %.2e %s", step, mean, scheduler.get_last_lr()[0], extras or "")
-            running = []
-        if step % cfg.save_steps == 0 and step < cfg.max_steps:
-            _save_checkpoint(model, tokenizer, optimizer, scheduler, step, output_dir)
-    bar.close()
-    model.eval()
-    final = save_inra(model, output_dir / "final", tokenizer=tokenizer)
+    teacher = load_causal_lm(cfg.teacher, cfg.dtype) if cfg.method == "distill" else None
+    trainer = make_inra_trainer(cfg, model, tokenizer, rows, teacher, args, callbacks)
+    trainer.train(resume_from_checkpoint=last_checkpoint(output_dir))
+    trainer.finish()
+    final = output_dir / FINAL_DIR
+    trainer.save_model(str(final))
+    trainer.accelerator.wait_for_everyone()
     return final

@@ -20,6 +20,7 @@ tokenizer has them as single tokens; completions record ``thinking_budget`` and
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import shutil
@@ -27,6 +28,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from tqdm.asyncio import tqdm_asyncio
 
 from thinkctl.errors import ConfigError, ModelLoadError
 from thinkctl.thinking import THINK_CLOSE, count_thinking_tokens, prompt_opens_thinking, think_token_ids
@@ -118,9 +121,8 @@ class VLLMBackend(RolloutBackend):
         if max_num_seqs is not None:
             kwargs["max_num_seqs"] = max_num_seqs
         log.info("starting vLLM on %s (%s)", model, "dual-stream" if self.dual_stream else "plain")
-        self.llm = vllm.LLM(
-            model=model, tokenizer=tokenizer_path, dtype=dtype, seed=seed, generation_config="vllm", **kwargs
-        )
+        engine_args = dict(model=model, tokenizer=tokenizer_path, dtype=dtype, seed=seed, generation_config="vllm", **kwargs)
+        self.llm = DataParallelLLM(engine_args) if kwargs.get("data_parallel_size", 1) > 1 else vllm.LLM(**engine_args)
 
     def thinking_budget(self, sampling: SamplingConfig) -> int | None:
         """The sampling config's ``max_thinking_tokens``, checked against what this engine can enforce.
@@ -191,12 +193,53 @@ class VLLMBackend(RolloutBackend):
     def close(self) -> None:
         """Shut the engine's processes down and remove a generated pair directory."""
         llm = getattr(self, "llm", None)
-        if llm is not None:
+        if isinstance(llm, DataParallelLLM):
+            llm.shutdown()
+        elif llm is not None:
             llm.llm_engine.engine_core.shutdown()
-            self.llm = None
+        self.llm = None
         if self._pair_dir is not None:
             shutil.rmtree(self._pair_dir, ignore_errors=True)
             self._pair_dir = None
+
+
+class DataParallelLLM:
+    """``vllm.LLM.generate`` over ``data_parallel_size`` engine replicas.
+
+    vLLM 0.32's ``LLM`` refuses data parallelism in one process; its ``AsyncLLM`` (what ``vllm serve
+    --data-parallel-size`` runs) starts one engine core per replica and balances requests over them itself.
+    This submits every prompt to it at once and returns the finished outputs in prompt order.
+    """
+
+    def __init__(self, engine_args: dict[str, Any]) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.loop = asyncio.new_event_loop()
+        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args))
+        self.calls = 0
+
+    def generate(self, prompts: Sequence[Any], params: Sequence[Any], use_tqdm: bool = False) -> list[Any]:
+        async def one(i: int) -> Any:
+            final = None
+            async for out in self.engine.generate(prompts[i], params[i], request_id=f"thinkctl-{self.calls}-{i}"):
+                final = out
+            return final
+
+        async def every() -> list[Any]:
+            return list(await tqdm_asyncio.gather(*(one(i) for i in range(len(prompts))), disable=not use_tqdm))
+
+        self.calls += 1
+        return self.loop.run_until_complete(every())
+
+    def shutdown(self) -> None:
+        """Stop the engine cores, then let the engine's background tasks see their cancellation before the loop closes."""
+        self.engine.shutdown()
+        pending = asyncio.all_tasks(self.loop)
+        for task in pending:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.loop.close()
 
 
 def _vllm(reference: str, aligned: str | None = None, *, batch_size: int | None = None, device: str | None = None, **kwargs: Any) -> VLLMBackend:

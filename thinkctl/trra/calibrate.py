@@ -4,9 +4,9 @@ Mean thinking length falls as λ rises on the range that matters (the reference 
 λ = 0), but not necessarily everywhere: far past λ = 1 extrapolation can degenerate. So the search
 measures a small λ grid first, takes the first adjacent pair of grid points whose lengths straddle the
 target (the monotone part), and refines inside it by interpolation, falling back to bisection when
-interpolation would land too near an end. Each measurement is a greedy sweep at one λ on the
-calibration split, recorded through :func:`thinkctl.sweep.run_sweep`, so a rerun reuses every λ
-already measured.
+interpolation would land too near an end. Each measurement is a sweep at one λ on the calibration
+split with the run's own sampling (and samples per problem), recorded through
+:func:`thinkctl.sweep.run_sweep`, so a rerun reuses every λ already measured.
 
 A target outside what the searched λ range achieves is reported, not silently clamped:
 :class:`CalibrationError` says which side it falls off and carries the closest λ found.
@@ -19,8 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from thinkctl.data import Problem
+from thinkctl.data import PLAIN, Problem
 from thinkctl.errors import ConfigError, ThinkctlError
+from thinkctl.prompts import PromptConfig
 from thinkctl.rollout.base import RolloutBackend
 from thinkctl.sampling import SamplingConfig
 
@@ -141,17 +142,22 @@ def calibrate_lambda(
 
 
 def backend_measure(
-    backend: RolloutBackend, problems: Sequence[Problem], sampling: SamplingConfig, out_dir: str | Path, benchmark: str
+    backend: RolloutBackend, problems: Sequence[Problem], sampling: SamplingConfig, out_dir: str | Path, benchmark: str,
+    n_samples: int = 1,
+    prompt: PromptConfig = PLAIN,
 ) -> Callable[[float], LengthPoint]:
-    """``measure(λ)`` for :func:`calibrate_lambda`: a resumable sweep at λ into ``out_dir/results.jsonl``."""
+    """``measure(λ)`` for :func:`calibrate_lambda`: a resumable sweep at λ into ``out_dir/results.jsonl``,
+    ``n_samples`` per problem (the mean length and accuracy average over all of them), asked with ``prompt``."""
     from thinkctl.records import aggregate, load_records
     from thinkctl.sweep import run_sweep
 
     def measure(lam: float) -> LengthPoint:
-        path = run_sweep(backend, problems, [lam], sampling, out_dir, benchmark=benchmark, method="calibration", summarize=False)
+        path = run_sweep(backend, problems, [lam], sampling, out_dir, benchmark=benchmark, method="calibration",
+                         n_samples=n_samples, prompt=prompt, summarize=False)
         df = load_records([path])
         ids = {p.id for p in problems}
-        row = aggregate(df[(df["lam"] == lam) & (df["method"] == "calibration") & df["problem_id"].isin(ids)], ["lam"]).iloc[0]
+        mine = (df["lam"] == lam) & (df["method"] == "calibration") & df["problem_id"].isin(ids) & (df["sample"] < n_samples)
+        row = aggregate(df[mine], ["lam"]).iloc[0]
         return LengthPoint(lam, float(row["mean_thinking_tokens"]), float(row["accuracy"]), int(row["n"]))
 
     return measure

@@ -1,4 +1,4 @@
-"""Distillation data for TrRa: responses of the fused teacher at λ (on-policy) or a user JSONL.
+"""Distillation data for TrRa: responses of the fused teacher at λ (on-policy) or an existing trace dataset.
 
 Generated responses are appended to a JSONL cache one chunk of prompts at a time, so an interrupted
 generation resumes where it stopped and a resumed ``realign`` run never regenerates them. The cache
@@ -16,13 +16,15 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from thinkctl.batch import Example, encode
-from thinkctl.data import Problem, render_prompt
-from thinkctl.errors import ConfigError, DataFormatError
+from thinkctl.batch import Example, encode, encode_text
+from thinkctl.data import PLAIN, Problem, render_prompt
+from thinkctl.errors import ConfigError
 from thinkctl.grading import grade
 from thinkctl.io import append_jsonl, drop_partial_tail, iter_jsonl
+from thinkctl.prompts import PromptConfig
 from thinkctl.rollout.base import RolloutBackend
 from thinkctl.sampling import SamplingConfig
+from thinkctl.training import Trace
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ def _read_cache(path: Path, lam: float) -> list[DistillExample]:
 
 
 def generate_distillation_data(
-    backend: RolloutBackend,
+    backend: RolloutBackend | None,
     problems: Sequence[Problem],
     lam: float,
     sampling: SamplingConfig,
@@ -69,11 +71,13 @@ def generate_distillation_data(
     *,
     only_correct: bool = False,
     chunk_size: int = 64,
+    prompt: PromptConfig = PLAIN,
 ) -> list[DistillExample]:
-    """Responses of the fused teacher at ``lam`` to every problem, cached (and resumed) at ``path``.
+    """Responses of the fused teacher at ``lam`` to every problem asked with ``prompt``, cached (and resumed) at ``path``.
 
     With ``only_correct`` only responses that the verifier grades correct and that stopped on their
-    own (not cut off by ``max_new_tokens``) are returned.
+    own (not cut off by ``max_new_tokens``) are returned. Without a backend the cache must be complete
+    (the training stage of a distributed run reads what the data stage generated).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,17 +86,18 @@ def generate_distillation_data(
     todo = [p for p in problems if p.id not in done]
     if cached:
         log.info("distillation data %s: %d cached, %d to generate", path, len(cached), len(todo))
-    tokenizer = backend.tokenizer
+    if todo and backend is None:
+        raise ConfigError(f"{len(todo)} problems have no teacher response in {path} yet: run `thinkctl realign --stage data` first")
     with tqdm(total=len(todo), desc=f"teacher responses λ={lam:g}", unit="prompt", disable=not todo) as bar:
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start : start + chunk_size]
-            prompts = [render_prompt(tokenizer, p.question) for p in chunk]
+            prompts = [render_prompt(backend.tokenizer, p.question, prompt) for p in chunk]
             completions = backend.generate(prompts, lam, sampling)
             new = []
-            for problem, prompt, completion in zip(chunk, prompts, completions):
-                graded = grade(completion, problem.answer, tokenizer)
+            for problem, rendered, completion in zip(chunk, prompts, completions):
+                graded = grade(completion, problem.answer, backend.tokenizer)
                 new.append(DistillExample(
-                    prompt=prompt, response=completion.text, token_ids=list(completion.token_ids), problem_id=problem.id,
+                    prompt=rendered, response=completion.text, token_ids=list(completion.token_ids), problem_id=problem.id,
                     lam=lam, correct=graded.correct, thinking_tokens=graded.thinking_tokens,
                     finish_reason=completion.finish_reason,
                 ))
@@ -110,23 +115,9 @@ def generate_distillation_data(
     return examples
 
 
-def load_distillation_jsonl(path: str | Path, tokenizer: Any) -> list[DistillExample]:
-    """User data: one ``{"prompt" | "question": ..., "response": ...}`` object per line.
-
-    ``prompt`` is used verbatim (already rendered); ``question`` is rendered with the chat template.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(f"distillation data file does not exist: {path}")
-    examples = []
-    for i, rec in enumerate(iter_jsonl(path), start=1):
-        if "response" not in rec or not ({"prompt", "question"} & set(rec)):
-            raise DataFormatError(f"{path}:{i}: need a `prompt` or `question` field and a `response` field; keys are {sorted(rec)}")
-        prompt = rec["prompt"] if "prompt" in rec else render_prompt(tokenizer, rec["question"])
-        examples.append(DistillExample(prompt=str(prompt), response=str(rec["response"]), problem_id=str(rec.get("id", i))))
-    if not examples:
-        raise DataFormatError(f"{path} has no examples")
-    return examples
+def from_traces(traces: Sequence[Trace]) -> list[DistillExample]:
+    """Distillation examples from an existing trace dataset (see :class:`thinkctl.training.TraceConfig`)."""
+    return [DistillExample(prompt=t.prompt, response=t.response, problem_id=t.id) for t in traces]
 
 
 def encode_example(tokenizer: Any, example: DistillExample, max_length: int) -> Example:
@@ -134,8 +125,6 @@ def encode_example(tokenizer: Any, example: DistillExample, max_length: int) -> 
 
     A teacher response is trained on exactly the tokens it generated; user text is tokenized and closed with EOS.
     """
-    if example.token_ids is not None:
-        response = list(example.token_ids)
-    else:
-        response = tokenizer(example.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return encode(tokenizer, example.prompt, response, max_length)
+    if example.token_ids is None:
+        return encode_text(tokenizer, example.prompt, example.response, max_length)
+    return encode(tokenizer, example.prompt, example.token_ids, max_length)

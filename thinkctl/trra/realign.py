@@ -1,14 +1,24 @@
-"""``thinkctl realign``: calibrate λ → generate teacher data → distil a student → evaluate → report.
+"""``thinkctl realign``: calibrate λ → teacher data → distil a student → evaluate → report, in rounds.
 
 Every stage leaves its result in the run directory and is skipped (or resumed) on a rerun:
 
 * ``calibration/results.jsonl`` + ``calibration.json``  λ for ``--target-tokens`` (per-λ sweeps reused);
-* ``distill_data.jsonl``    fused-teacher responses at λ (appended per chunk, resumed per problem);
-* ``eval/results.jsonl``    greedy held-out records: reference (method "fused", λ=0), fused teacher
-  (method "fused", λ) and student (method "student"), resumable like any sweep;
+* ``distill_data.jsonl``    fused-teacher responses at λ (appended per chunk, resumed per problem), unless
+  the student distils on an existing trace dataset (``data``: hub name or local file, the paper's setting);
+* ``eval/results.jsonl``    held-out records, ``n_samples`` per problem with the recipe's sampling: reference
+  (method "fused", λ=0), fused teacher (method "fused", λ) and student (method "student"), resumable like any sweep;
 * ``student/``              Trainer checkpoints, resumed; ``student/final`` the distilled model;
 * ``report.json`` / ``report.md``  accuracy, mean thinking tokens and reduction vs the reference,
   written atomically at the end.
+
+**Iterated TrRa** (``--iterations K`` or a ``lambdas_per_round`` list): round 1 distils towards (reference R,
+aligned A) at its λ; round k ≥ 2 towards (R, the student of round k−1) at its own λ, every round's student
+starting again from R. Each round is a run directory ``OUT/round-k/`` as above; ``OUT/report.md`` sums them up.
+
+**Stages** (``--stage``): ``all`` runs everything in one process. On a cluster the generating stages and
+training run apart: ``data`` (calibration and teacher data, with vLLM's tensor/data parallelism) and ``eval``
+run as one process; ``train`` is the one to run under ``accelerate launch`` (every process trains; it reads
+what ``data`` left and generates nothing).
 """
 
 from __future__ import annotations
@@ -22,34 +32,56 @@ from typing import Any
 from thinkctl.config import build, group, lambda_grid_option, lambda_option, option, recipe_values
 from thinkctl.data import benchmark_name, load_benchmark
 from thinkctl.errors import ConfigError
+from thinkctl.fusion import parse_lambda, validate_lambda
 from thinkctl.io import atomic_write_json, atomic_write_text
-from thinkctl.rollout import BackendConfig
+from thinkctl.prompts import PromptConfig
+from thinkctl.rollout import BackendConfig, RolloutBackend
 from thinkctl.sampling import SamplingConfig
+from thinkctl.training import FINAL_DIR, TraceConfig, launched_processes
 from thinkctl.trra.calibrate import DEFAULT_GRID, CalibrationError, CalibrationResult, backend_measure, calibrate_lambda
-from thinkctl.trra.data import generate_distillation_data, load_distillation_jsonl
-from thinkctl.trra.trainer import TrRaConfig, train_trra
+from thinkctl.trra.data import DistillExample, from_traces, generate_distillation_data
+from thinkctl.trra.trainer import FINAL_MARKER, TrRaConfig, final_student_path, is_trained, train_trra
 
 log = logging.getLogger(__name__)
+
+STAGES = ("all", "data", "train", "eval")
+_GOALS = ("lambda_", "target_tokens", "lambdas_per_round")
+
+
+def _lambda_list(text: str) -> list[float]:
+    return [parse_lambda(p.strip()) for p in text.split(",") if p.strip()]
+
+
+def _check_lambda_list(values: Any) -> list[float]:
+    return [validate_lambda(v) for v in values]
 
 
 @dataclass
 class RealignConfig:
-    """The ``realign:`` section of a recipe: the pair, how λ is chosen, and the data/eval splits.
+    """The ``realign:`` section of a recipe: the pair, how λ is chosen, the rounds, the data and the splits.
 
-    The sampling seed also picks the problems of generated benchmarks (tiny) for training and evaluation.
+    The sampling and prompt settings are used for the teacher's responses, the calibration and the evaluation
+    alike (R1-style models loop under greedy decoding: their recipes sample at T=0.7, top-p 0.95, several
+    samples per problem, with DeepSeek's math instruction). The sampling seed also picks the problems of
+    generated benchmarks (tiny).
     """
 
     reference: str = option("", "reference (slow thinker); leave reference and aligned empty for the tiny default pair", flag="--ref")
     aligned: str = option("", "aligned (fast thinker) model")
-    lambda_: float | None = lambda_option(None, "fusion weight λ of the teacher", exclusive="goal")
-    target_tokens: float | None = option(None, "calibrate λ to this mean thinking length", exclusive="goal")
+    lambda_: float | None = lambda_option(None, "fusion weight λ of the teacher (every round)", exclusive="goal")
+    target_tokens: float | None = option(None, "calibrate λ to this mean thinking length (every round)", exclusive="goal")
+    lambdas_per_round: list[float] = option(
+        default_factory=list, help="λ of each round, e.g. 1.5,2 (the paper's iterated TrRa); sets the number of rounds",
+        parse=_lambda_list, check=_check_lambda_list, exclusive="goal",
+    )
+    iterations: int | None = option(None, "TrRa rounds; round k ≥ 2 takes round k−1's student as its aligned model "
+                                          "(default 1, or the length of lambdas_per_round)")
     lambda_grid: list[float] = lambda_grid_option(DEFAULT_GRID, "calibration grid, e.g. 0,0.5,1,1.5")
     calibration_refinements: int = option(6, "extra λ measured inside the bracketing grid interval")
     train_benchmark: str = option("tiny", "benchmark whose problems the teacher answers for distillation")
     train_split: str | None = option("train", "its split")
     train_limit: int | None = option(256, "problems to generate distillation data on")
-    data_path: str | None = option(None, "distil on this JSONL of {prompt|question, response} instead of teacher rollouts",
-                                   flag="--data")
+    traces: TraceConfig = group(TraceConfig)
     only_correct: bool = option(True, "distil only on teacher responses verified correct")
     calib_benchmark: str = option("tiny", "benchmark of the calibration split")
     calib_split: str | None = option("train", "its split")
@@ -58,19 +90,36 @@ class RealignConfig:
     eval_benchmark: str = option("tiny", "held-out benchmark reference, teacher and student are compared on")
     eval_split: str | None = option("test", "its split")
     eval_limit: int | None = option(100, "held-out problems to evaluate on")
+    n_samples: int = option(1, "samples per problem in calibration and evaluation (averaged, as in sweeps)")
     sampling: SamplingConfig = group(SamplingConfig)
+    prompt: PromptConfig = group(PromptConfig)
     backend: BackendConfig = group(lambda: BackendConfig(batch_size=32))
 
     def __post_init__(self) -> None:
-        if (self.lambda_ is None) == (self.target_tokens is None):
-            raise ConfigError("realign: give exactly one of --lambda and --target-tokens")
+        goals = [g for g in _GOALS if getattr(self, g) not in (None, [])]
+        if len(goals) != 1:
+            raise ConfigError("realign: give exactly one of --lambda, --target-tokens and --lambdas-per-round")
         if self.target_tokens is not None and self.target_tokens <= 0:
             raise ConfigError(f"realign: target_tokens must be positive, got {self.target_tokens}")
+        if self.iterations is not None and self.iterations < 1:
+            raise ConfigError(f"realign: iterations must be ≥ 1, got {self.iterations}")
+        if self.lambdas_per_round and self.iterations not in (None, len(self.lambdas_per_round)):
+            raise ConfigError(f"realign: iterations={self.iterations} but lambdas_per_round has "
+                              f"{len(self.lambdas_per_round)} values (one per round)")
+        if self.n_samples < 1:
+            raise ConfigError(f"realign: n_samples must be ≥ 1, got {self.n_samples}")
 
-    @property
-    def eval_sampling(self) -> SamplingConfig:
-        """Evaluation is always greedy, so reference, teacher and student compare on one footing."""
-        return replace(self.sampling, temperature=0.0, top_p=1.0)
+    def round_lambdas(self) -> list[float | None]:
+        """λ of each round; None where it is calibrated to ``target_tokens``."""
+        if self.lambdas_per_round:
+            return list(self.lambdas_per_round)
+        return [self.lambda_] * (self.iterations or 1)
+
+    def decoding(self) -> str:
+        """How calibration and evaluation decode, for reports."""
+        if self.sampling.greedy:
+            return "greedy"
+        return f"T={self.sampling.temperature:g}, top-p {self.sampling.top_p:g}, {self.n_samples} sample(s) per problem"
 
 
 def _resolve_pair(cfg: RealignConfig) -> tuple[str, str]:
@@ -85,15 +134,20 @@ def _resolve_pair(cfg: RealignConfig) -> tuple[str, str]:
     return str(pair.reference), str(pair.aligned)
 
 
-def _calibrate(cfg: RealignConfig, backend: Any, out_dir: Path) -> CalibrationResult:
+def _calibrate(cfg: RealignConfig, backend: RolloutBackend | None, out_dir: Path) -> CalibrationResult:
+    """λ for ``target_tokens``: the saved calibration, or a new one (which needs a backend)."""
     path = out_dir / "calibration.json"
     if path.is_file():
         saved = CalibrationResult.from_dict(json.loads(path.read_text()))
         if saved.target_tokens == cfg.target_tokens and saved.reachable:
             log.info("reusing calibration λ=%g from %s", saved.lam, path)
             return saved
+    if backend is None:
+        raise ConfigError(f"λ for {cfg.target_tokens:g} thinking tokens is not calibrated in {out_dir} yet: "
+                          "run `thinkctl realign --stage data` first")
     problems = load_benchmark(cfg.calib_benchmark, cfg.calib_split, cfg.calib_limit, cfg.calib_seed)
-    measure = backend_measure(backend, problems, cfg.eval_sampling, out_dir / "calibration", benchmark_name(cfg.calib_benchmark))
+    measure = backend_measure(backend, problems, cfg.sampling, out_dir / "calibration", benchmark_name(cfg.calib_benchmark),
+                              cfg.n_samples, cfg.prompt)
     try:
         result = calibrate_lambda(measure, float(cfg.target_tokens), cfg.lambda_grid, cfg.calibration_refinements)
     except CalibrationError as e:
@@ -101,6 +155,17 @@ def _calibrate(cfg: RealignConfig, backend: Any, out_dir: Path) -> CalibrationRe
         raise
     atomic_write_json(path, result.to_dict())
     return result
+
+
+def _examples(cfg: RealignConfig, backend: RolloutBackend | None, reference: str, lam: float, out_dir: Path) -> list[DistillExample]:
+    """The distillation data: the trace dataset, or the fused teacher's responses at λ (cached)."""
+    if cfg.traces.data:
+        from thinkctl.models import load_tokenizer
+
+        return from_traces(cfg.traces.load(backend.tokenizer if backend is not None else load_tokenizer(reference)))
+    problems = load_benchmark(cfg.train_benchmark, cfg.train_split, cfg.train_limit, cfg.sampling.seed)
+    return generate_distillation_data(backend, problems, lam, cfg.sampling, out_dir / "distill_data.jsonl",
+                                      only_correct=cfg.only_correct, prompt=cfg.prompt)
 
 
 def _summary_rows(results: Path, lam: float) -> list[dict[str, Any]]:
@@ -121,6 +186,12 @@ def _summary_rows(results: Path, lam: float) -> list[dict[str, Any]]:
     ]
 
 
+def _table(rows: list[dict[str, Any]], first: str) -> list[str]:
+    lines = [f"| {first} | accuracy % | mean thinking tokens | reduction vs reference % |", "|---|---|---|---|"]
+    return lines + [f"| {r['model']} | {100 * r['accuracy']:.1f} | {r['mean_thinking_tokens']:.1f} | {r['reduction_pct_vs_reference']:.1f} |"
+                    for r in rows]
+
+
 def _markdown(report: dict[str, Any]) -> str:
     lines = ["# TrRa realignment report", "", f"- reference: `{report['reference']}`", f"- aligned: `{report['aligned']}`",
              f"- λ: {report['lambda']:g}" + (" (calibrated)" if report["calibration"] else " (given)")]
@@ -128,58 +199,97 @@ def _markdown(report: dict[str, Any]) -> str:
     if cal:
         lines.append(f"- target thinking tokens: {cal['target_tokens']:g}; teacher at λ on the calibration split: "
                      f"{cal['mean_thinking_tokens']:.1f} tokens, accuracy {100 * cal['accuracy']:.1f}%")
-    lines += [f"- student: `{report['student']}`", f"- held-out: {report['eval_benchmark']} ({report['rows'][0]['n']} problems, greedy)", "",
-              "| model | accuracy % | mean thinking tokens | reduction vs reference % |", "|---|---|---|---|"]
-    for row in report["rows"]:
-        lines.append(f"| {row['model']} | {100 * row['accuracy']:.1f} | {row['mean_thinking_tokens']:.1f} | {row['reduction_pct_vs_reference']:.1f} |")
-    return "\n".join(lines) + "\n"
+    lines += [f"- student: `{report['student']}`",
+              f"- held-out: {report['eval_benchmark']} ({report['rows'][0]['n']} samples, {report['decoding']})", ""]
+    return "\n".join(lines + _table(report["rows"], "model")) + "\n"
 
 
-def run_realign(cfg: RealignConfig, train: TrRaConfig, out_dir: str | Path) -> dict[str, Any]:
-    """Run (or resume) every stage into ``out_dir``; returns the report also written as ``report.json``."""
+def _rounds_markdown(summary: dict[str, Any]) -> str:
+    lines = ["# Iterated TrRa report", "", f"- reference (every round): `{summary['reference']}`",
+             f"- round 1 aligned: `{summary['aligned']}`; round k ≥ 2 aligned: the student of round k−1", ""]
+    rows = [summary["rounds"][0]["rows"][0]] + [
+        {**r["rows"][2], "model": f"round {k} student (λ={r['lambda']:g}, aligned `{r['aligned']}`)"}
+        for k, r in enumerate(summary["rounds"], start=1)
+    ]
+    return "\n".join(lines + _table(rows, "model")) + "\n\nEach round's own report: `round-k/report.md`.\n"
+
+
+def _run_round(cfg: RealignConfig, train: TrRaConfig, reference: str, aligned: str, lam: float | None, out_dir: Path,
+               stage: str) -> dict[str, Any] | None:
+    """One TrRa round (see the module docstring) into ``out_dir``; its report, or None when ``stage`` stops early."""
     from thinkctl.sweep import run_sweep
 
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    reference, aligned = _resolve_pair(cfg)
-    atomic_write_json(out_dir / "realign_config.json", {"realign": asdict(cfg), "trra": asdict(train)})
-    eval_problems = load_benchmark(cfg.eval_benchmark, cfg.eval_split, cfg.eval_limit, cfg.sampling.seed)
-    eval_bench = benchmark_name(cfg.eval_benchmark)
-    eval_path = out_dir / "eval"
+    atomic_write_json(out_dir / "realign_config.json", {"realign": asdict(cfg), "trra": asdict(train), "aligned": aligned})
+    evaluate = stage in ("all", "eval")
+    eval_problems = load_benchmark(cfg.eval_benchmark, cfg.eval_split, cfg.eval_limit, cfg.sampling.seed) if evaluate else []
+    eval_bench, eval_path = benchmark_name(cfg.eval_benchmark), out_dir / "eval"
+    sweep = dict(benchmark=eval_bench, n_samples=cfg.n_samples, prompt=cfg.prompt, summarize=False)
 
-    backend = cfg.backend.open(reference, aligned)
+    backend = cfg.backend.open(reference, aligned) if stage != "train" else None
     try:
-        calibration = _calibrate(cfg, backend, out_dir) if cfg.target_tokens is not None else None
-        lam = calibration.lam if calibration is not None else float(cfg.lambda_)
-        log.info("distilling at λ=%g", lam)
-        if cfg.data_path:
-            examples = load_distillation_jsonl(cfg.data_path, backend.tokenizer)
-        else:
-            problems = load_benchmark(cfg.train_benchmark, cfg.train_split, cfg.train_limit, cfg.sampling.seed)
-            examples = generate_distillation_data(backend, problems, lam, cfg.sampling, out_dir / "distill_data.jsonl", only_correct=cfg.only_correct)
-        run_sweep(backend, eval_problems, sorted({0.0, lam}), cfg.eval_sampling, eval_path, benchmark=eval_bench,
-                  method="fused", model=f"{reference} + {aligned}", summarize=False)
+        calibration = _calibrate(cfg, backend, out_dir) if lam is None else None
+        lam = calibration.lam if calibration is not None else lam
+        log.info("round %s: distilling towards %s + %s at λ=%g", out_dir.name, reference, aligned, lam)
+        examples = _examples(cfg, backend, reference, lam, out_dir) if stage != "eval" else []
+        if evaluate:
+            run_sweep(backend, eval_problems, sorted({0.0, lam}), cfg.sampling, eval_path, method="fused",
+                      model=f"{reference} + {aligned}", **sweep)
     finally:
-        backend.close()
+        if backend is not None:
+            backend.close()
+    if stage == "data":
+        return None
 
-    train = replace(train, output_dir=str(out_dir / "student"), lambda_=lam)
+    train = replace(train, lambda_=lam, training=replace(train.training, output_dir=str(out_dir / "student")))
+    if stage == "eval" and not is_trained(train):
+        raise ConfigError(f"no trained student in {final_student_path(train)}: run `thinkctl realign --stage train` first")
     student_path = train_trra(train, reference, aligned, examples)
+    if stage == "train":
+        return None
 
     student = cfg.backend.open(str(student_path))
     try:
-        run_sweep(student, eval_problems, [0.0], cfg.eval_sampling, eval_path, benchmark=eval_bench, method="student",
-                  model=str(student_path), summarize=False)
+        run_sweep(student, eval_problems, [0.0], cfg.sampling, eval_path, method="student", model=str(student_path), **sweep)
     finally:
         student.close()
-
     report = {
         "reference": reference, "aligned": aligned, "student": str(student_path), "lambda": lam,
         "target_tokens": cfg.target_tokens, "calibration": calibration.to_dict() if calibration else None,
-        "eval_benchmark": eval_bench, "n_train_examples": len(examples), "rows": _summary_rows(eval_path / "results.jsonl", lam),
+        "eval_benchmark": eval_bench, "decoding": cfg.decoding(), "n_train_examples": len(examples),
+        "rows": _summary_rows(eval_path / "results.jsonl", lam),
     }
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_text(out_dir / "report.md", _markdown(report))
     return report
+
+
+def run_realign(cfg: RealignConfig, train: TrRaConfig, out_dir: str | Path, stage: str = "all") -> dict[str, Any] | None:
+    """Run (or resume) ``stage`` of every round into ``out_dir``; returns the report (also ``report.json``), or
+    None when the stage ends before evaluation."""
+    if stage not in STAGES:
+        raise ConfigError(f"realign: stage must be one of {list(STAGES)}, got {stage!r}")
+    if stage != "train" and launched_processes() > 1:
+        raise ConfigError(f"realign --stage {stage} generates with one engine: run it as one process (vLLM's tensor/data "
+                          "parallelism spreads it over GPUs); only --stage train runs under accelerate launch")
+    out_dir = Path(out_dir)
+    reference, aligned = _resolve_pair(cfg)
+    lambdas = cfg.round_lambdas()
+    if len(lambdas) == 1:
+        return _run_round(cfg, train, reference, aligned, lambdas[0], out_dir, stage)
+    reports = []
+    for k, lam in enumerate(lambdas, start=1):
+        if k > 1 and stage == "data" and not Path(aligned, FINAL_MARKER).is_file():
+            log.info("round %d needs round %d's student (%s): run --stage train, then --stage data again", k, k - 1, aligned)
+            return None
+        reports.append(_run_round(cfg, train, reference, aligned, lam, out_dir / f"round-{k}", stage))
+        aligned = str(out_dir / f"round-{k}" / "student" / FINAL_DIR)
+    if stage in ("data", "train"):
+        return None
+    summary = {"reference": reference, "aligned": reports[0]["aligned"], "rounds": reports}
+    atomic_write_json(out_dir / "report.json", summary)
+    atomic_write_text(out_dir / "report.md", _rounds_markdown(summary))
+    return summary
 
 
 def load_realign_configs(
@@ -187,15 +297,15 @@ def load_realign_configs(
 ) -> tuple[RealignConfig, TrRaConfig]:
     """The ``realign:`` and ``trra:`` sections of ``recipe`` with non-None overrides applied.
 
-    λ and target length are alternatives: one given as an override replaces the other from the recipe.
+    λ, target length and per-round λ are alternatives: one given as an override replaces the others from the recipe.
     """
     where = recipe or "options"
     configs = []
     for cls, name, overrides in ((RealignConfig, "realign", realign), (TrRaConfig, "trra", trra)):
         values = recipe_values(cls, recipe, name)
         given = {k: v for k, v in (overrides or {}).items() if v is not None}
-        if cls is RealignConfig and given.keys() & {"lambda_", "target_tokens"}:
-            values.pop("lambda_", None)
-            values.pop("target_tokens", None)
+        if cls is RealignConfig and given.keys() & set(_GOALS):
+            for goal in _GOALS:
+                values.pop(goal, None)
         configs.append(build(cls, {**values, **given}, f"{where} [{name}]"))
     return configs[0], configs[1]
