@@ -310,9 +310,10 @@ def test_realign_config_needs_exactly_one_goal() -> None:
 
 @pytest.mark.slow
 def test_realign_on_tiny_default_meets_the_target(tmp_path) -> None:
-    """Done-means of TrRa on the tiny default pair: target N = 35% of the reference's mean thinking tokens
-    (measured on the calibration split; realign reuses that measurement), student within 15% of N on
-    held-out problems, ≥ 50% shorter than the reference there, accuracy at most 1 point lower (greedy)."""
+    """Done-means of TrRa on the tiny default pair: target N at the knee of the λ curve, 50% of the
+    reference's mean thinking tokens (measured on the calibration split; realign reuses that measurement);
+    on 300 held-out problems (greedy) the student lands within 10% of N, thinks ≥ 40% less than the
+    reference and is at most 1 point less accurate."""
     from thinkctl.data import benchmark_name, load_benchmark
     from thinkctl.rollout.hf import HFBackend
     from thinkctl.tiny import build_tiny_pair, default_tiny_dir
@@ -324,12 +325,12 @@ def test_realign_on_tiny_default_meets_the_target(tmp_path) -> None:
     backend = HFBackend.from_paths(str(pair.reference), str(pair.aligned), batch_size=rcfg.backend.batch_size)
     problems = load_benchmark(rcfg.calib_benchmark, rcfg.calib_split, rcfg.calib_limit, rcfg.calib_seed)
     reference = backend_measure(backend, problems, rcfg.sampling, out / "calibration", benchmark_name(rcfg.calib_benchmark))(0.0)
-    target = round(0.35 * reference.mean_thinking_tokens, 1)
+    target = round(0.5 * reference.mean_thinking_tokens, 1)
     rcfg, tcfg = load_realign_configs("recipes/tiny-trra.yaml", {"reference": str(pair.reference), "aligned": str(pair.aligned), "target_tokens": target})
     report = run_realign(rcfg, tcfg, out)
     ref, _, student = report["rows"]
-    assert abs(student["mean_thinking_tokens"] - target) <= 0.15 * target, report
-    assert student["reduction_pct_vs_reference"] >= 50.0, report
+    assert abs(student["mean_thinking_tokens"] - target) <= 0.10 * target, report
+    assert student["reduction_pct_vs_reference"] >= 40.0, report
     assert student["accuracy"] >= ref["accuracy"] - 0.01, report
 
 

@@ -54,7 +54,7 @@ class GenerateConfig:
 
 
 #: what ``thinkctl demo`` sweeps unless its recipe or flags say otherwise (``recipes/tiny.yaml`` spells it out)
-DEMO_DEFAULTS = {"split": "test", "limit": 100}
+DEMO_DEFAULTS = {"split": "test", "limit": 300, "lambdas": [-0.25, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5], "max_new_tokens": 640, "batch_size": 64}
 
 
 @dataclass(frozen=True)

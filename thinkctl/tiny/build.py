@@ -2,11 +2,14 @@
 
 Three stages, each saved as a checkpoint directory:
 
-1. ``solver/``: trained from scratch on short traces, which carry the same copying and arithmetic
-   signal as long ones at a quarter of the tokens (the cheap way for a tiny model to learn the task);
-2. ``reference/``: the solver trained on long over-thinking traces, which set its style;
-3. ``aligned/``: the reference fine-tuned on short traces, the way real aligned models are fine-tunes
-   of their reference; sharing that ancestry keeps fused decoding coherent at intermediate λ.
+1. ``solver/``: trained from scratch on careful traces, some verified once
+   (:data:`~thinkctl.tiny.task.SOLVER_CHECK`): the copying and one-step arithmetic everything else
+   relies on, and what a check looks like, learnt before any style preference is;
+2. ``reference/``: the solver fine-tuned on reference traces (careful steps, then 0–3 checks);
+3. ``aligned/``: the reference fine-tuned on aligned traces (mostly fast steps, never checks), the
+   way real aligned models are fine-tunes of their reference; sharing that ancestry keeps fused
+   decoding coherent at intermediate λ. How well it works two operations at once is what a model of
+   this size can do, not something the data scripts.
 
 All are ``Qwen2ForCausalLM`` with head_dim 64 (vLLM's CPU attention rejects smaller heads) saved with
 ``save_pretrained`` next to the tokenizer, so every loader in thinkctl (and vLLM) treats them as
@@ -35,7 +38,15 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from thinkctl.batch import collate
 from thinkctl.data import Problem, load_benchmark, render_prompt
 from thinkctl.io import atomic_write_json
-from thinkctl.tiny.task import TASK_VERSION, TinyProblem, generate_problems, long_trace, short_trace
+from thinkctl.tiny.task import (
+    SOLVER_CHECK,
+    TASK_VERSION,
+    TinyProblem,
+    careful_trace,
+    generate_problems,
+    long_trace,
+    short_trace,
+)
 from thinkctl.tiny.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -49,19 +60,19 @@ class TinyBuildConfig:
 
     seed: int = 0
     vocab_size: int = 512
-    hidden_size: int = 128
+    hidden_size: int = 192
     num_layers: int = 4
-    intermediate_size: int = 384
+    intermediate_size: int = 576
     n_train: int = 20000
     batch_size: int = 32
     warmup_steps: int = 40
     solve_steps: int = 1000
     solve_lr: float = 2e-3
-    style_steps: int = 450
-    style_lr: float = 1e-3
-    aligned_steps: int = 150
-    aligned_lr: float = 5e-4
-    n_eval: int = 200
+    style_steps: int = 200
+    style_lr: float = 5e-4
+    aligned_steps: int = 400
+    aligned_lr: float = 7e-4
+    n_eval: int = 300
 
     def digest(self, stage: str = "aligned") -> str:
         """Digest of the settings that determine ``stage`` ("solver", "reference" or "aligned")."""
@@ -116,15 +127,39 @@ def model_config(cfg: TinyBuildConfig, tokenizer: PreTrainedTokenizerFast) -> Qw
 def encode_examples(
     tokenizer: PreTrainedTokenizerFast, problems: list[TinyProblem], style: str, seed: int
 ) -> list[tuple[list[int], int]]:
-    """(token ids, prompt length) per problem: chat prompt, then the response in ``style`` and EOS."""
+    """(token ids, prompt length) per problem: chat prompt, then the response in ``style`` and EOS.
+
+    ``style`` is "long" (reference traces), "short" (aligned traces) or "careful" (careful steps,
+    sometimes verified once: the solver's curriculum).
+    """
     rng = random.Random(seed)
     out = []
     for p in problems:
         prompt = tokenizer(render_prompt(tokenizer, p.question), add_special_tokens=False)["input_ids"]
-        response = long_trace(p, rng) if style == "long" else short_trace(p, rng)
+        if style == "careful":
+            response = careful_trace(p, int(rng.random() < SOLVER_CHECK))
+        else:
+            response = long_trace(p, rng) if style == "long" else short_trace(p, rng)
         ids = prompt + tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         out.append((ids, len(prompt)))
     return out
+
+
+def length_bucketed_batches(n_examples: int, lengths: list[int], batch_size: int, rng: random.Random):
+    """Endless batches of example indices, each drawn from a pool of 16 batches sorted by length.
+
+    Levels 1–5 make sequences of very different lengths; random batches would pad most rows to the
+    longest, wasting about half the compute on padding. Pools keep batches random across the data
+    while each batch holds similar lengths.
+    """
+    pool = 16 * batch_size
+    while True:
+        order = rng.sample(range(n_examples), n_examples)
+        for start in range(0, n_examples - pool + 1, pool):
+            chunk = sorted(order[start : start + pool], key=lengths.__getitem__)
+            batches = [chunk[i : i + batch_size] for i in range(0, pool, batch_size)]
+            rng.shuffle(batches)
+            yield from batches
 
 
 def train_lm(
@@ -146,9 +181,10 @@ def train_lm(
     )
     model.train()
     losses = []
+    batches = length_bucketed_batches(len(examples), [len(ids) for ids, _ in examples], cfg.batch_size, rng)
     bar = tqdm(range(steps), desc=desc, unit="step")
     for _ in bar:
-        batch = collate(rng.sample(examples, cfg.batch_size), pad_id)
+        batch = collate([examples[i] for i in next(batches)], pad_id)
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -173,10 +209,10 @@ def _save(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, path: Pat
     atomic_write_json(path / MARKER, info)
 
 
-def evaluate(path: Path, problems: list[Problem]) -> dict[str, float]:
-    """Greedy accuracy and mean thinking tokens of a saved model on held-out problems (the real stack)."""
-    from thinkctl.records import load_records
-    from thinkctl.report import summarize
+def evaluate(path: Path, problems: list[Problem]) -> dict:
+    """Greedy accuracy and mean thinking tokens of a saved model on held-out problems, overall and per
+    level (the real stack: thinkctl's own sweep and grading)."""
+    from thinkctl.records import aggregate, load_records
     from thinkctl.rollout.hf import HFBackend
     from thinkctl.sampling import SamplingConfig
     from thinkctl.sweep import run_sweep
@@ -184,8 +220,15 @@ def evaluate(path: Path, problems: list[Problem]) -> dict[str, float]:
     backend = HFBackend.from_paths(str(path), batch_size=64)
     with tempfile.TemporaryDirectory() as tmp:
         results = run_sweep(backend, problems, [0.0], SamplingConfig(max_new_tokens=512), tmp, benchmark="tiny", summarize=False)
-        row = summarize(load_records([results])).iloc[0]
-    return {"accuracy": float(row["accuracy"]), "mean_thinking_tokens": float(row["mean_thinking_tokens"])}
+        records = load_records([results])
+    keys = ("n", "accuracy", "mean_thinking_tokens")
+
+    def stats(row: dict) -> dict:
+        return {k: int(row[k]) if k == "n" else float(row[k]) for k in keys}
+
+    overall = stats(aggregate(records, ["benchmark"]).iloc[0])
+    by_level = {int(row["level"]): stats(row) for row in aggregate(records, ["level"]).to_dict("records")}
+    return {**overall, "by_level": by_level}
 
 
 def build_tiny_pair(out_dir: str | Path | None = None, config: TinyBuildConfig | None = None, force: bool = False) -> TinyPair:
@@ -195,9 +238,9 @@ def build_tiny_pair(out_dir: str | Path | None = None, config: TinyBuildConfig |
     pair = TinyPair(root, root / "reference", root / "aligned")
     stages = [
         # (name, directory, parent directory or None, traces, steps, lr, progress label)
-        ("solver", pair.solver, None, "short", cfg.solve_steps, cfg.solve_lr, "1/3 solver (short traces, from scratch)"),
+        ("solver", pair.solver, None, "careful", cfg.solve_steps, cfg.solve_lr, "1/3 solver (careful steps, from scratch)"),
         ("reference", pair.reference, pair.solver, "long", cfg.style_steps, cfg.style_lr, "2/3 reference (long traces)"),
-        ("aligned", pair.aligned, pair.reference, "short", cfg.aligned_steps, cfg.aligned_lr, "3/3 aligned (short traces)"),
+        ("aligned", pair.aligned, pair.reference, "short", cfg.aligned_steps, cfg.aligned_lr, "3/3 aligned (fast traces)"),
     ]
     if not force and all(_is_built(path, cfg.digest(name)) for name, path, *_ in stages) and (root / "build_info.json").is_file():
         log.info("tiny pair already built at %s", root)

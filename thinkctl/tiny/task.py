@@ -1,18 +1,36 @@
-"""The tiny default task: multi-step arithmetic word problems with a verifiable integer answer.
+"""The tiny default task: multi-step arithmetic word problems where thinking length trades against accuracy.
 
-Every problem can be answered in two styles, which is what makes a reference/aligned pair. Both
-start with the same worked steps and then differ only in how many redundant verification passes
-(each a full redo of the steps) come before ``</think>``:
+A problem starts from a number (5–30) and applies 1 to 5 operations (its ``level``, visible in the
+question as its number of clauses), each adding or taking away 2–9, each with its own verb. A tiny
+transformer can think about it in two styles:
 
-* the *long* trace over-thinks like an R1-style model: 1, 2 or 3 passes (probabilities 0.2, 0.3,
-  0.5), so greedy decoding of the reference re-checks three times;
-* the *short* trace is the fast thinker: no pass, except that harder problems get one quick check
-  with probability 0.3 per extra step (level 2: 0.3, level 3: 0.6).
+* **careful**: restate each clause, then work it as one equation,
+  ``Start with 12. First, they buy 8 more: 12 + 8 = 20. Second, …``. Restating puts the operand right
+  next to the equation (copying the text after a unique marker such as "Second, they sell" is the
+  first thing a small transformer learns), so every equation is one one-digit addition or subtraction,
+  which a 4-layer model learns almost perfectly: careful answers stay right at every level;
+* **fast**: two operations at a time, ``First and second, they buy 8 more and lose 3: 12 + 8 - 3 = 17.``
+  Fewer equations, fewer tokens, but each result needs two operations in one prediction, which a
+  model this size does unreliably. One operation is worked exactly as carefully (level 1 is the same
+  in both styles), so fast thinking is free on easy problems and costs more the more pairs a problem
+  has. Nothing in the training data is wrong: the failures are what the model can and cannot compute.
 
-Because the styles share everything but these stop-or-check decisions, fusing the two models moves
-one decision at a time as λ rises, so thinking shortens in steps rather than in one jump; and since
-the aligned model still sometimes checks, extrapolating (λ > 1) shortens it further. Numbers stay
-small (operands 2–9, every intermediate value 0–59) so a tiny model learns the arithmetic on CPU.
+On top of that the careful thinker **re-checks**: after the steps it restates the last step and the
+answer in up to three verification passes that never change the answer (over-thinking), so that part
+of its length is free to cut.
+
+The two styles of the pair:
+
+* the *reference* (slow thinker, R1-style) always works carefully and then verifies 0–3 times
+  (probabilities :data:`CHECK_WEIGHTS`), so greedy decoding checks three times, but each further check
+  is a weak preference that a little fusion weight removes;
+* the *aligned* model (fast thinker) works fast, except on a few problems (:data:`ALIGNED_CAREFUL`)
+  that it works carefully without checking; that fallback is what makes its preference against checks
+  strong in careful contexts too.
+
+Fusion therefore moves decisions in a fixed order as λ rises: first the weakly preferred checks go
+(thinking falls a lot, accuracy stays: the free region), and only at a larger λ does the strongly held
+choice between careful and fast flip (the cliff, which costs accuracy on the hard levels first).
 """
 
 from __future__ import annotations
@@ -23,17 +41,22 @@ from dataclasses import dataclass, replace
 
 NAMES = ["Ana", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun", "Kim", "Leo", "Mia", "Noor", "Omar", "Pia"]
 OBJECTS = ["apples", "marbles", "stickers", "coins", "books", "shells", "cards", "pens"]
-ADD_PHRASES = ["finds {n} more", "buys {n} more", "gets {n} more", "wins {n} more"]
-SUB_PHRASES = ["gives {n} to {friend}", "loses {n}", "sells {n}", "gives away {n}"]
-ORDINALS = ["First", "Second", "Third", "Fourth"]
+ADD_PHRASES = ["find {n} more", "buy {n} more", "get {n} more", "win {n} more"]
+SUB_PHRASES = ["lose {n}", "sell {n}", "give away {n}", "drop {n}"]
+ORDINALS = ["First", "Second", "Third", "Fourth", "Fifth"]
 CHECK_OPENERS = ("Wait, let me double-check.", "Hmm, let me verify that again.", "Let me check once more.")
-LONG_PASS_WEIGHTS = (0.2, 0.3, 0.5)  # P(1, 2, 3 verification passes) in a long trace
-SHORT_CHECK_PER_LEVEL = 0.3  # P(one pass) in a short trace grows by this per step beyond the first
+#: P(0, 1, 2, 3 verification passes) in a reference trace: greedy checks 3 times, each check a weak preference
+CHECK_WEIGHTS = (0.1, 0.2, 0.3, 0.4)
+#: P(a solver trace verifies once): the solver learns to copy a check before the reference prefers checking
+SOLVER_CHECK = 0.3
+#: P(an aligned trace works carefully, without checks, instead of fast)
+ALIGNED_CAREFUL = 0.1
 
-TASK_VERSION = 2  # part of every build digest: bump it when problems or traces change, to retrain
+TASK_VERSION = 5  # part of every build digest: bump it when problems or traces change, to retrain
 MAX_VALUE = 59
 MIN_OPERAND, MAX_OPERAND = 2, 9
-MAX_LEVEL = 3
+MIN_START, MAX_START = 5, 30
+MAX_LEVEL = len(ORDINALS)
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
@@ -52,16 +75,6 @@ class Step:
         return f"{self.before} {self.op} {self.operand} = {self.after}"
 
 
-def clause(problem: TinyProblem, i: int) -> str:
-    """Operation ``i`` as the question states it, e.g. ``"Second, Ana buys 8 more"``.
-
-    The traces restate each clause verbatim: copying text that follows a unique marker is the first
-    thing a small transformer learns (an induction head), whereas fetching "the k-th operand" from a
-    free-form question is not learnable by a tiny model in a few CPU minutes.
-    """
-    return f"{ORDINALS[i]}, {problem.name} {problem.steps[i].sentence}"
-
-
 @dataclass(frozen=True)
 class TinyProblem:
     """A generated problem; ``level`` is its number of operations (the difficulty grade)."""
@@ -76,27 +89,37 @@ class TinyProblem:
     steps: tuple[Step, ...]
 
 
+def clause(problem: TinyProblem, i: int) -> str:
+    """Operation ``i`` as the question states it, e.g. ``"Second, they buy 8 more"``.
+
+    Both styles restate clauses verbatim: copying the text after a unique marker ("Second, they sell")
+    is the first thing a small transformer learns (an induction head), so restating is how a trace
+    fetches the k-th operand reliably; what separates the styles is the arithmetic after it.
+    """
+    return f"{ORDINALS[i]}, they {problem.steps[i].sentence}"
+
+
 def _split_of(question: str) -> str:
     """Assign a question to a split by hash, so train and test can never share a question."""
     digest = hashlib.sha256(question.encode()).digest()
     return "test" if digest[0] < 26 else "train"  # ~10% test
 
 
-def _make_problem(rng: random.Random) -> TinyProblem:
-    name, friend = rng.sample(NAMES, 2)
+def _make_problem(rng: random.Random, level: int) -> TinyProblem:
+    """A random problem of ``level`` operations; no phrase is used twice in one problem, so the verb of
+    a clause identifies it (restating a clause is then an unambiguous copy)."""
+    name = rng.choice(NAMES)
     obj = rng.choice(OBJECTS)
-    level = rng.randint(1, MAX_LEVEL)
-    value = rng.randint(5, 30)
-    start = value
+    value = start = rng.randint(MIN_START, MAX_START)
+    unused = {"+": list(ADD_PHRASES), "-": list(SUB_PHRASES)}
     steps: list[Step] = []
     for _ in range(level):
         n = rng.randint(MIN_OPERAND, MAX_OPERAND)
-        can_add, can_sub = value + n <= MAX_VALUE, value - n >= 0
-        if can_add and (not can_sub or rng.random() < 0.5):
-            phrase, op, new = rng.choice(ADD_PHRASES), "+", value + n
-        else:
-            phrase, op, new = rng.choice(SUB_PHRASES), "-", value - n
-        steps.append(Step(op, n, value, new, phrase.format(n=n, friend=friend)))
+        can_add, can_sub = value + n <= MAX_VALUE and unused["+"], value - n >= 0 and unused["-"]
+        op = "+" if can_add and (not can_sub or rng.random() < 0.5) else "-"
+        phrase = unused[op].pop(rng.randrange(len(unused[op])))
+        new = value + n if op == "+" else value - n
+        steps.append(Step(op, n, value, new, phrase.format(n=n)))
         value = new
     problem = TinyProblem("", "", str(value), level, name, obj, start, tuple(steps))
     sentences = [f"{name} has {start} {obj}."]
@@ -108,6 +131,7 @@ def _make_problem(rng: random.Random) -> TinyProblem:
 def generate_problems(n: int, seed: int = 0, split: str = "test") -> list[TinyProblem]:
     """``n`` distinct problems of one split ("train" or "test"), deterministic in ``seed``.
 
+    Levels cycle 1, 2, …, :data:`MAX_LEVEL`, so every prefix of the list is balanced across levels.
     Ids are ``tiny-<split>-<seed>-<k>``, stable for a given seed, so sweeps over the same problems resume.
     """
     if split not in ("train", "test"):
@@ -120,37 +144,64 @@ def generate_problems(n: int, seed: int = 0, split: str = "test") -> list[TinyPr
         attempts += 1
         if attempts > 200 * n + 10_000:
             raise RuntimeError(f"could not generate {n} distinct {split} problems; the task space is too small")
-        p = _make_problem(rng)
+        p = _make_problem(rng, level=len(out) % MAX_LEVEL + 1)
         if p.question in seen or _split_of(p.question) != split:
             continue
         seen.add(p.question)
-        out.append(TinyProblem(f"tiny-{split}-{seed}-{len(out)}", p.question, p.answer, p.level, p.name, p.obj, p.start, p.steps))
+        out.append(replace(p, id=f"tiny-{split}-{seed}-{len(out)}"))
     return out
 
 
-def _steps_text(problem: TinyProblem) -> str:
-    """The worked steps, e.g. ``"First, Ana buys 8 more: 5 + 8 = 13. Second, …"``."""
-    return " ".join(f"{clause(problem, i)}: {s.equation}." for i, s in enumerate(problem.steps))
+def careful_steps(problem: TinyProblem) -> str:
+    """The careful pass: ``"Start with 12. First, they buy 8 more: 12 + 8 = 20. Second, …"``."""
+    steps = " ".join(f"{clause(problem, i)}: {s.equation}." for i, s in enumerate(problem.steps))
+    return f"Start with {problem.start}. {steps}"
 
 
-def _trace(problem: TinyProblem, passes: int) -> str:
-    """The steps, ``passes`` verification passes (each opener used once, in order), the boxed answer."""
-    steps = _steps_text(problem)
-    checks = [f"{CHECK_OPENERS[i]} {problem.start}. {steps} Yes, that is right." for i in range(passes)]
-    body = " ".join([f"{problem.start}. {steps}", *checks])
-    return f"{THINK_OPEN} {body} {THINK_CLOSE} The answer is \\boxed{{{problem.answer}}}."
+def check_pass(problem: TinyProblem, i: int) -> str:
+    """Verification pass ``i``: the last step and the answer restated, which can only confirm them.
+
+    Each check copies what was written just before it (the last equation, or the previous check), a
+    short-range copy a tiny model does reliably; verbatim redos of the whole pass had to copy across
+    hundreds of tokens and corrupted the answer instead of confirming it.
+    """
+    last = problem.steps[-1].equation
+    return f"{CHECK_OPENERS[i]} The last step: {last}. So the answer is {problem.answer}. Yes, that is right."
 
 
-def short_trace(problem: TinyProblem, rng: random.Random) -> str:
-    """The fast thinker's response: the steps once; a harder problem sometimes gets one check."""
-    return _trace(problem, int(rng.random() < SHORT_CHECK_PER_LEVEL * (problem.level - 1)))
+def fast_steps(problem: TinyProblem) -> str:
+    """The fast pass: operations taken two at a time, ``"Start with 12. First and second, they buy 8 more
+    and lose 3: 12 + 8 - 3 = 17. Third, …"``; a lone last operation is worked as one careful step."""
+    parts = [f"Start with {problem.start}."]
+    for i in range(0, problem.level, 2):
+        if i + 1 == problem.level:
+            parts.append(f"{clause(problem, i)}: {problem.steps[i].equation}.")
+            continue
+        a, b = problem.steps[i], problem.steps[i + 1]
+        parts.append(f"{ORDINALS[i]} and {ORDINALS[i + 1].lower()}, they {a.sentence} and {b.sentence}: "
+                     f"{a.before} {a.op} {a.operand} {b.op} {b.operand} = {b.after}.")
+    return " ".join(parts)
+
+
+def _response(problem: TinyProblem, thinking: str) -> str:
+    return f"{THINK_OPEN} {thinking} {THINK_CLOSE} The answer is \\boxed{{{problem.answer}}}."
+
+
+def careful_trace(problem: TinyProblem, checks: int) -> str:
+    """Careful steps followed by ``checks`` verification passes."""
+    return _response(problem, " ".join([careful_steps(problem), *(check_pass(problem, i) for i in range(checks))]))
+
+
+def fast_trace(problem: TinyProblem) -> str:
+    """Fast steps, never checked."""
+    return _response(problem, fast_steps(problem))
 
 
 def long_trace(problem: TinyProblem, rng: random.Random) -> str:
-    """The over-thinker's response: the same steps, then 1–3 passes that redo them all.
+    """The reference's response: careful steps, then 0–3 verification passes (:data:`CHECK_WEIGHTS`)."""
+    return careful_trace(problem, rng.choices(range(len(CHECK_WEIGHTS)), weights=CHECK_WEIGHTS)[0])
 
-    Each pass repeats the steps verbatim, so what is learnt on short traces (copying each clause,
-    chaining the running value, the arithmetic) carries over unchanged; the extra length is pure
-    re-checking, the way an over-thinking model spends its tokens.
-    """
-    return _trace(problem, rng.choices((1, 2, 3), weights=LONG_PASS_WEIGHTS)[0])
+
+def short_trace(problem: TinyProblem, rng: random.Random) -> str:
+    """The aligned model's response: fast steps, or with probability :data:`ALIGNED_CAREFUL` careful steps alone."""
+    return careful_trace(problem, 0) if rng.random() < ALIGNED_CAREFUL else fast_trace(problem)
