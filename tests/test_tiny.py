@@ -167,11 +167,14 @@ def test_reference_is_95_percent_right_at_every_level(built_pair) -> None:
 
 @pytest.mark.slow
 def test_demo_has_free_region_knee_and_cliff(demo) -> None:
-    """Thinking falls with λ up to 1 (and stays at the floor beyond); some λ thinks ≥ 40% less than λ=0
-    within 1 point (the free region); λ=1 is ≥ 10 points below λ=0 (the cliff)."""
+    """Thinking falls with λ up to 1 (never rising by more than 1% along a plateau, and at the floor
+    beyond); some λ thinks ≥ 40% less than λ=0 within 1 point (the free region); λ=1 is ≥ 10 points
+    below λ=0 (the cliff)."""
     summary, _ = demo
     thinking, accuracy = summary["mean_thinking_tokens"], 100 * summary["accuracy"]
-    assert thinking[thinking.index <= 1.0].is_monotonic_decreasing, thinking
+    upto_1 = thinking[thinking.index <= 1.0].tolist()
+    assert all(b <= 1.01 * a for a, b in zip(upto_1, upto_1[1:])), thinking  # falls, or holds on a plateau
+    assert thinking[1.0] < thinking[0.25] < thinking[0.0], thinking
     assert (thinking[thinking.index > 1.0] <= 1.05 * thinking[1.0]).all(), thinking
     free = summary[(thinking <= 0.6 * thinking[0.0]) & (accuracy >= accuracy[0.0] - 1)]
     assert len(free), summary

@@ -25,6 +25,11 @@ thinkctl route fit --sweep "$RUNS/train-sweep" --questions tiny --split train --
 thinkctl route eval --policy "$RUNS/policy.json" --sweep "$RUNS/demo" --questions tiny --split test --seed 0 \
     --limit 300 --out "$RUNS/routed"
 cp "$RUNS/routed/route_eval.md" "$DOCS/tiny-routing-fused.md"
+thinkctl route fit --sweep "$RUNS/train-sweep" --questions tiny --split train --seed 1 --limit 300 --estimator bins \
+    --out "$RUNS/policy-bins.json"
+thinkctl route eval --policy "$RUNS/policy-bins.json" --sweep "$RUNS/demo" --questions tiny --split test --seed 0 \
+    --limit 300 --out "$RUNS/routed-bins"
+cp "$RUNS/routed-bins/route_eval.md" "$DOCS/tiny-routing-fused-bins.md"
 
 # TrRa at the knee.
 thinkctl realign --recipe recipes/tiny-trra.yaml --target-tokens "$TARGET" --out "$RUNS/trra"
@@ -44,10 +49,11 @@ write_dial_report(check, sys.argv[1], title='InRa dial on the tiny pair')
 cp "$RUNS/inra/sweep/dial.md" "$DOCS/tiny-inra-dial.md"
 cp "$RUNS/inra/sweep/sweep.png" "$DOCS/tiny-inra-sweep.png"
 
-# Hard thinking budgets at λ = 0, against λ alone at similar mean thinking.
-for budget in 40 80 120; do
-    thinkctl sweep --ref "$TINY/reference" --aligned "$TINY/aligned" --recipe recipes/tiny.yaml --lambdas 0 \
-        --max-thinking-tokens "$budget" --out "$RUNS/budget-$budget"
+# Hard thinking budgets alone (λ = 0), λ alone (the demo) and both, compared at equal mean thinking.
+for spec in "0 40" "0 51" "0 62" "0 80" "0 120" "0.25 60"; do
+    set -- $spec
+    thinkctl sweep --ref "$TINY/reference" --aligned "$TINY/aligned" --recipe recipes/tiny.yaml --lambdas "$1" \
+        --max-thinking-tokens "$2" --out "$RUNS/budget-$1-$2"
 done
 
 thinkctl report "$RUNS/demo" "$RUNS/routed" "$RUNS/trra/eval" "$RUNS/inra/sweep" --out "$DOCS/report" \
