@@ -10,6 +10,7 @@ runs is TRL's and torch's sharding code, not a copy of it.
 from __future__ import annotations
 
 import json
+import os
 from types import SimpleNamespace
 
 import torch
@@ -43,13 +44,21 @@ def main() -> None:
         reference = chunked_fused_kd_loss(hidden(student), *map(hidden, whole), student.lm_head.weight,
                                           *(m.lm_head.weight for m in whole), mask, 0.7).item()
     head = teachers[0].lm_head.weight
-    print(json.dumps({
+    result = {
         "rank": dist.get_rank(), "sharded_head": isinstance(head, DTensor), "local_rows": head.to_local().shape[0],
         "rows": head.shape[0], "gathered": gathered, "loss_sharded": sharded, "loss_whole": reference,
         "trainable": any(p.requires_grad for t in teachers for p in t.parameters()),
-    }), flush=True)
+    }
+    results = [None] * dist.get_world_size()
+    dist.all_gather_object(results, result)  # one line from rank 0: concurrent prints from two ranks interleave
+    if dist.get_rank() == 0:
+        print(json.dumps(results), flush=True)
+    dist.barrier()  # no rank tears gloo down while another is still in a collective
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    # Skip interpreter teardown: a gloo/FSDP2 worker thread still joinable at exit aborts the process now and then
+    # ("terminate called without an active exception") after the work is done and reported.
+    os._exit(0)

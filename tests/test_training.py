@@ -257,7 +257,7 @@ def test_fsdp2_sharded_teachers_give_the_loss_of_whole_ones():
     out = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "tests.fsdp2_teachers"], cwd=REPO, capture_output=True, text=True,
                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
-    ranks = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    (ranks,) = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("[")]
     assert sorted(r["rank"] for r in ranks) == [0, 1]
     for r in ranks:
         assert r["sharded_head"] and r["local_rows"] < r["rows"] and not r["trainable"]
