@@ -85,25 +85,31 @@ def problem_from_record(record: dict[str, Any], index: int, source: str) -> Prob
     )
 
 
-def _load_local(path: Path) -> list[Problem]:
+def read_local_rows(path: Path, what: str = "benchmark file") -> list[dict[str, Any]]:
+    """The raw rows of a local .jsonl, .json or .parquet file (benchmarks and trace datasets alike); ``what``
+    names the file in errors."""
     if not path.is_file():
-        raise DataFormatError(f"benchmark file does not exist: {path}")
+        raise DataFormatError(f"{what} does not exist: {path}")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return [
-            problem_from_record(rec, i, f"{path}:{i}")
-            for i, rec in enumerate(iter_jsonl(path), start=1)
-        ]
+        return list(iter_jsonl(path))
     if suffix in (".json", ".parquet"):
         import datasets
 
         kind = "json" if suffix == ".json" else "parquet"
         try:
-            ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+            return list(datasets.load_dataset(kind, data_files=str(path), split="train"))
         except Exception as e:  # datasets raises many types for a bad file; name the file instead
             raise DataFormatError(f"could not read {path} as {kind}: {e}") from None
-        return [problem_from_record(rec, i, f"{path}[{i}]") for i, rec in enumerate(ds)]
-    raise DataFormatError(f"unsupported benchmark file type {suffix!r} for {path}: use .jsonl, .json or .parquet")
+    raise DataFormatError(f"unsupported {what} type {suffix!r} for {path}: use .jsonl, .json or .parquet")
+
+
+def _load_local(path: Path) -> list[Problem]:
+    """A local benchmark file; records are named ``file:line`` (JSONL) or ``file[i]`` in errors."""
+    rows = read_local_rows(path)
+    if path.suffix.lower() == ".jsonl":
+        return [problem_from_record(rec, i, f"{path}:{i}") for i, rec in enumerate(rows, start=1)]
+    return [problem_from_record(rec, i, f"{path}[{i}]") for i, rec in enumerate(rows)]
 
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")

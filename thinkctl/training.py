@@ -37,9 +37,8 @@ from trl.models.utils import _ForwardRedirection, prepare_deepspeed, prepare_fsd
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 from thinkctl.config import option
-from thinkctl.data import render_prompt
+from thinkctl.data import LOCAL_SUFFIXES, read_local_rows, render_prompt
 from thinkctl.errors import ConfigError, DataFormatError
-from thinkctl.io import iter_jsonl
 from thinkctl.thinking import THINK_OPEN
 
 log = logging.getLogger(__name__)
@@ -282,18 +281,13 @@ class Trace:
 def _rows(source: str, split: str) -> Sequence[dict[str, Any]]:
     """The raw rows of a local .jsonl/.json/.parquet file, or of a hub dataset's ``split``."""
     path = Path(source).expanduser()
-    local = path.suffix in (".jsonl", ".json", ".parquet")
-    if local and not path.is_file():
-        raise DataFormatError(f"trace dataset file does not exist: {path}")
-    if path.suffix == ".jsonl":
-        return list(iter_jsonl(path))
+    if path.suffix.lower() in LOCAL_SUFFIXES:
+        return read_local_rows(path, "trace dataset file")
     import datasets
 
     try:
-        if local:
-            return datasets.load_dataset("json" if path.suffix == ".json" else "parquet", data_files=str(path), split="train")
         return datasets.load_dataset(source, split=split)
-    except Exception as e:  # offline machines and bad files raise many types; name the source instead
+    except Exception as e:  # offline machines raise many types; name the source instead
         raise DataFormatError(f"could not load the trace dataset {source!r} (split {split!r}): {e}") from None
 
 
