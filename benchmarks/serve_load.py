@@ -74,12 +74,14 @@ class Load:
 
 def synthetic_policy(questions: list[str], path: Path) -> Path:
     """A bins router on ``n_op_words``: λ = 1 is right on questions with ≤ 2 operations, λ = 0 on all."""
+    from thinkctl.records import SampleRecord
     from thinkctl.router import fit_router
     from thinkctl.router.features import text_features
 
     qs = {f"q{i}": q for i, q in enumerate(questions)}
     records = [
-        {"problem_id": pid, "lam": lam, "correct": ok, "thinking_tokens": tokens, "method": "fused", "benchmark": "synthetic"}
+        SampleRecord(benchmark="synthetic", method="fused", problem_id=pid, lam=lam, correct=ok, thinking_tokens=tokens,
+                     total_tokens=tokens)
         for pid, q in qs.items()
         for lam, ok, tokens in ((0.0, True, 200), (1.0, text_features(q)["n_op_words"] <= 2, 60))
     ]
