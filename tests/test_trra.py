@@ -61,6 +61,21 @@ def test_chunked_per_row_lambda_matches_naive() -> None:
     assert chunked.item() == pytest.approx(naive.item(), abs=1e-9)
 
 
+def test_chunked_takes_float32_states_with_bfloat16_heads() -> None:
+    """A bf16 model whose final norm returns float32 states (Qwen2 under the Trainer's bf16 on CPU): the logits are
+    taken in the heads' precision, as autocast does on a GPU, and the gradients keep their inputs' dtypes."""
+    (h_s, h_r, h_a), (w_s, w_r, w_a), mask = _hidden_setup(seed=2)
+    hs = [h.float() for h in (h_s, h_r, h_a)]
+    ws = [w.bfloat16() for w in (w_s, w_r, w_a)]
+    h1, w1 = hs[0].clone().requires_grad_(), ws[0].clone().requires_grad_()
+    chunked = chunked_fused_kd_loss(h1, hs[1], hs[2], w1, ws[1], ws[2], mask, 0.5, chunk_size=3)
+    chunked.backward()
+    logits = [h.bfloat16() @ w.T for h, w in zip(hs, ws)]
+    naive = fused_kd_loss(logits[0], logits[1], logits[2], mask, 0.5)
+    assert chunked.item() == pytest.approx(naive.item(), rel=1e-5)
+    assert h1.grad.dtype == torch.float32 and w1.grad.dtype == torch.bfloat16 and h1.grad.abs().sum() > 0
+
+
 def test_chunk_size_does_not_change_the_result() -> None:
     (h_s, h_r, h_a), (w_s, w_r, w_a), mask = _hidden_setup(seed=1)
     values = [chunked_fused_kd_loss(h_s, h_r, h_a, w_s, w_r, w_a, mask, 0.7, chunk_size=c).item() for c in (1, 2, 5, 1000)]

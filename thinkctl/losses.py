@@ -115,6 +115,12 @@ def _per_token_lambda(lam: LambdaLike, mask: torch.Tensor) -> torch.Tensor | flo
     return rows.view(-1, *([1] * (mask.dim() - 1))).expand(mask.shape)[mask]
 
 
+def _head_logits(hidden: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+    """``hidden @ headᵀ`` in the head's precision, as autocast computes it on a GPU: a model in bfloat16 whose
+    final norm hands back float32 states (transformers' Qwen2 under the Trainer's bf16 on CPU) still multiplies."""
+    return hidden.to(head.dtype) @ head.T
+
+
 class _ChunkedFusedKD(torch.autograd.Function):
     """Sum of per-token divergences over flat response positions; gradients are computed in forward."""
 
@@ -127,9 +133,9 @@ class _ChunkedFusedKD(torch.autograd.Function):
         for start in range(0, h_s.shape[0], chunk_size):
             sl = slice(start, start + chunk_size)
             lam_c = lam if isinstance(lam, float) else lam[sl]
-            teacher = fused_log_probs(h_a[sl] @ w_a.T, h_r[sl] @ w_r.T, lam_c)
+            teacher = fused_log_probs(_head_logits(h_a[sl], w_a), _head_logits(h_r[sl], w_r), lam_c)
             with torch.enable_grad():
-                z = (h_s[sl] @ w_s.T).detach().requires_grad_(need_h or need_w)
+                z = _head_logits(h_s[sl], w_s).detach().requires_grad_(need_h or need_w)
                 student = torch.log_softmax(_wide(z), dim=-1)
                 loss = token_divergence(student, teacher.to(student.dtype), kind, beta).sum()
             if need_h or need_w:
@@ -137,7 +143,7 @@ class _ChunkedFusedKD(torch.autograd.Function):
                 if need_h:
                     grad_h[sl] = g_z @ w_s
                 if need_w:
-                    grad_w += (g_z.T @ h_s[sl]).to(grad_w.dtype)
+                    grad_w += (g_z.T @ h_s[sl].to(g_z.dtype)).to(grad_w.dtype)
             total += loss.detach()
         # The gradients are kept on ctx rather than saved tensors: backward hands them out (scaled in place)
         # exactly once, so no second weight-sized buffer is ever allocated.
