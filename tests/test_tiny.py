@@ -41,8 +41,8 @@ def test_problems_are_arithmetically_consistent() -> None:
 
 
 def test_traces_grade_correct_and_differ_in_style_and_checks(tokenizer) -> None:
-    """Reference: careful steps then 0–3 checks of the last step; aligned: operations two at a time (or
-    careful, unchecked). One operation is worked the same way in both styles."""
+    """Reference: careful steps then 0–3 checks of the last step; aligned: the same equations without
+    restating the clauses (or careful, unchecked)."""
     rng = random.Random(0)
     longs, shorts, long_checks = [], [], []
     for p in generate_problems(300, seed=0, split="test"):
@@ -58,8 +58,8 @@ def test_traces_grade_correct_and_differ_in_style_and_checks(tokenizer) -> None:
         long_checks.append(checks)
         assert not any(o in short for o in CHECK_OPENERS)
         assert short in (fast_trace(p), careful_trace(p, 0))
-        assert fast_steps(p).count(" = ") == (p.level + 1) // 2
-        assert (fast_steps(p) == careful_steps(p)) == (p.level == 1)
+        assert all(f"{ORDINALS[i]}: {s.equation}." in fast_steps(p) for i, s in enumerate(p.steps))
+        assert not any(s.sentence in fast_steps(p) for s in p.steps) and len(fast_steps(p)) < len(careful_steps(p))
     assert set(long_checks) == {0, 1, 2, 3} and max(set(long_checks), key=long_checks.count) == 3
     assert sum(longs) / len(longs) > 2 * sum(shorts) / len(shorts)
 
@@ -122,6 +122,22 @@ def test_build_is_deterministic_resumable_and_loadable(tmp_path) -> None:
     assert (pair.aligned / "model.safetensors").read_bytes() != aligned_weights
 
 
+def test_a_new_fast_pass_retrains_the_aligned_model_alone(tokenizer, monkeypatch) -> None:
+    """The tokenizer's corpus is fixed (not rebuilt from the fast pass) and FAST_VERSION enters the aligned
+    digest only, so changing the fast pass keeps the token ids and the solver and reference."""
+    import thinkctl.tiny.build as build
+    import thinkctl.tiny.task as task
+
+    cfg = TinyBuildConfig()
+    before = {stage: cfg.digest(stage) for stage in ("solver", "reference", "aligned")}
+    monkeypatch.setattr(task, "fast_steps", lambda p: "anything else")
+    monkeypatch.setattr(build, "FAST_VERSION", task.FAST_VERSION + 1)
+    assert build_tokenizer().get_vocab() == tokenizer.get_vocab()
+    after = {stage: cfg.digest(stage) for stage in ("solver", "reference", "aligned")}
+    assert after["solver"] == before["solver"] and after["reference"] == before["reference"]
+    assert after["aligned"] != before["aligned"]
+
+
 # --- done-means of the tiny default on the built pair (slow: reuses $THINKCTL_HOME/tiny or builds it) --------------
 # Held-out test problems, greedy, 300 per sweep. Targets the current pair misses are strict xfails with the
 # measured figure: they fail loudly once the world is good enough to meet them.
@@ -182,10 +198,9 @@ def test_demo_has_free_region_knee_and_cliff(demo) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="target missed: best routed policy +1.6 points over the fixed-λ frontier; see README")
 def test_router_beats_the_fixed_lambda_frontier(built_pair, demo, tmp_path) -> None:
-    """Fitted on a train-split sweep (seed 1), evaluated on the demo's test problems: some routed policy is
-    ≥ 3 points above the fixed-λ frontier at its own mean thinking tokens."""
+    """Fitted on a train-split sweep (seed 1), evaluated on the demo's test problems: the threshold policy
+    and some budget policy are each ≥ 3 points above the fixed-λ frontier at their own mean thinking tokens."""
     import pandas as pd
 
     from thinkctl.cli import main
@@ -200,7 +215,9 @@ def test_router_beats_the_fixed_lambda_frontier(built_pair, demo, tmp_path) -> N
     assert main(["route", "eval", "--policy", str(tmp_path / "policy.json"), "--sweep", str(demo[1]), *questions,
                  "--split", "test", "--seed", "0", "--out", str(tmp_path / "routed")]) == 0
     routed = pd.read_csv(tmp_path / "routed" / "route_eval.csv")
-    assert routed["gain"].max() >= 0.03, routed
+    threshold = routed["policy"].str.contains("threshold")
+    assert routed.loc[threshold, "gain"].min() >= 0.03, routed
+    assert routed.loc[~threshold, "gain"].max() >= 0.03, routed
 
 
 def test_tiny_recipe_spells_out_the_built_in_defaults() -> None:

@@ -8,8 +8,8 @@ Three stages, each saved as a checkpoint directory:
 2. ``reference/``: the solver fine-tuned on reference traces (careful steps, then 0–3 checks);
 3. ``aligned/``: the reference fine-tuned on aligned traces (mostly fast steps, never checks), the
    way real aligned models are fine-tunes of their reference; sharing that ancestry keeps fused
-   decoding coherent at intermediate λ. How well it works two operations at once is what a model of
-   this size can do, not something the data scripts.
+   decoding coherent at intermediate λ. How well it fetches operands without restating them is what
+   a model of this size can do, not something the data scripts.
 
 All are ``Qwen2ForCausalLM`` with head_dim 64 (vLLM's CPU attention rejects smaller heads) saved with
 ``save_pretrained`` next to the tokenizer, so every loader in thinkctl (and vLLM) treats them as
@@ -39,6 +39,7 @@ from thinkctl.batch import collate
 from thinkctl.data import Problem, load_benchmark, render_prompt
 from thinkctl.io import atomic_write_json
 from thinkctl.tiny.task import (
+    FAST_VERSION,
     SOLVER_CHECK,
     TASK_VERSION,
     TinyProblem,
@@ -76,10 +77,10 @@ class TinyBuildConfig:
 
     def digest(self, stage: str = "aligned") -> str:
         """Digest of the settings that determine ``stage`` ("solver", "reference" or "aligned")."""
-        fields = {**asdict(self), "task_version": TASK_VERSION}
+        fields = {**asdict(self), "task_version": TASK_VERSION, "fast_version": FAST_VERSION}
         fields.pop("n_eval")
         if stage in ("solver", "reference"):
-            for key in ("aligned_steps", "aligned_lr"):
+            for key in ("aligned_steps", "aligned_lr", "fast_version"):
                 fields.pop(key)
         if stage == "solver":
             for key in ("style_steps", "style_lr"):

@@ -9,11 +9,13 @@ transformer can think about it in two styles:
   next to the equation (copying the text after a unique marker such as "Second, they sell" is the
   first thing a small transformer learns), so every equation is one one-digit addition or subtraction,
   which a 4-layer model learns almost perfectly: careful answers stay right at every level;
-* **fast**: two operations at a time, ``First and second, they buy 8 more and lose 3: 12 + 8 - 3 = 17.``
-  Fewer equations, fewer tokens, but each result needs two operations in one prediction, which a
-  model this size does unreliably. One operation is worked exactly as carefully (level 1 is the same
-  in both styles), so fast thinking is free on easy problems and costs more the more pairs a problem
-  has. Nothing in the training data is wrong: the failures are what the model can and cannot compute.
+* **fast**: the same equations without restating, ``First: 12 + 8 = 20. Second: 20 - 3 = 17.``
+  Each operand must then be fetched straight from the question, by the ordinal of its clause, instead
+  of copied from a restatement written just before it, and the sum worked without the operand next to
+  it. With one clause there is nothing to confuse (level 1 comes out nearly as reliable as careful,
+  and a quarter shorter); with five the fetch picks up a neighbouring clause's number or sign and mostly
+  fails, so fast thinking is nearly free on easy problems and costly on hard ones. Nothing in the
+  training data is wrong: the failures are what the model can and cannot compute.
 
 On top of that the careful thinker **re-checks**: after the steps it restates the last step and the
 answer in up to three verification passes that never change the answer (over-thinking), so that part
@@ -52,7 +54,8 @@ SOLVER_CHECK = 0.3
 #: P(an aligned trace works carefully, without checks, instead of fast)
 ALIGNED_CAREFUL = 0.1
 
-TASK_VERSION = 5  # part of every build digest: bump it when problems or traces change, to retrain
+TASK_VERSION = 5  # part of every build digest: bump it when problems, careful or reference traces change
+FAST_VERSION = 2  # part of the aligned model's digest only: bump it when the fast pass changes
 MAX_VALUE = 59
 MIN_OPERAND, MAX_OPERAND = 2, 9
 MIN_START, MAX_START = 5, 30
@@ -170,17 +173,10 @@ def check_pass(problem: TinyProblem, i: int) -> str:
 
 
 def fast_steps(problem: TinyProblem) -> str:
-    """The fast pass: operations taken two at a time, ``"Start with 12. First and second, they buy 8 more
-    and lose 3: 12 + 8 - 3 = 17. Third, …"``; a lone last operation is worked as one careful step."""
-    parts = [f"Start with {problem.start}."]
-    for i in range(0, problem.level, 2):
-        if i + 1 == problem.level:
-            parts.append(f"{clause(problem, i)}: {problem.steps[i].equation}.")
-            continue
-        a, b = problem.steps[i], problem.steps[i + 1]
-        parts.append(f"{ORDINALS[i]} and {ORDINALS[i + 1].lower()}, they {a.sentence} and {b.sentence}: "
-                     f"{a.before} {a.op} {a.operand} {b.op} {b.operand} = {b.after}.")
-    return " ".join(parts)
+    """The fast pass: ``"Start with 12. First: 12 + 8 = 20. Second: 20 - 3 = 17."``, every clause
+    worked without restating it, so each operand is fetched from the question by its ordinal."""
+    steps = " ".join(f"{ORDINALS[i]}: {s.equation}." for i, s in enumerate(problem.steps))
+    return f"Start with {problem.start}. {steps}"
 
 
 def _response(problem: TinyProblem, thinking: str) -> str:

@@ -22,7 +22,16 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from transformers import Qwen2Tokenizer
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-from thinkctl.tiny.task import THINK_CLOSE, THINK_OPEN, generate_problems, long_trace, short_trace
+from thinkctl.tiny.task import (
+    ALIGNED_CAREFUL,
+    ORDINALS,
+    THINK_CLOSE,
+    THINK_OPEN,
+    TinyProblem,
+    careful_trace,
+    generate_problems,
+    long_trace,
+)
 
 EOS, USER, ASSISTANT = "<|endoftext|>", "<|user|>", "<|assistant|>"
 CHAT_TEMPLATE = (
@@ -34,11 +43,34 @@ CHAT_TEMPLATE = (
 )
 
 
+def _paired_trace(problem: TinyProblem) -> str:
+    """The corpus's short trace: operations two at a time, restated (``First and second, they buy 8 more
+    and lose 3: 12 + 8 - 3 = 17.``), the fast pass of task version 5."""
+    parts = [f"Start with {problem.start}."]
+    for i in range(0, problem.level, 2):
+        a = problem.steps[i]
+        if i + 1 == problem.level:
+            parts.append(f"{ORDINALS[i]}, they {a.sentence}: {a.equation}.")
+            continue
+        b = problem.steps[i + 1]
+        parts.append(f"{ORDINALS[i]} and {ORDINALS[i + 1].lower()}, they {a.sentence} and {b.sentence}: "
+                     f"{a.before} {a.op} {a.operand} {b.op} {b.operand} = {b.after}.")
+    return f"{THINK_OPEN} {' '.join(parts)} {THINK_CLOSE} The answer is \\boxed{{{problem.answer}}}."
+
+
 def _corpus(n_problems: int, seed: int) -> Iterator[str]:
+    """Questions with a short and a long trace each: a fixed corpus, like a real model's tokenizer.
+
+    It is deliberately not rebuilt from the current fast pass: the merges (and so every token id)
+    stay those of task version 5, so a change to the aligned model's traces retrains the aligned model
+    alone, and the solver and reference rebuild bit for bit. Merges learnt from another corpus change
+    the ids every stage trains on, and in trial builds that alone moved the reference's accuracy by
+    tens of points.
+    """
     rng = random.Random(seed)
     for p in generate_problems(n_problems, seed=seed, split="train"):
         yield p.question
-        yield short_trace(p, rng)
+        yield careful_trace(p, 0) if rng.random() < ALIGNED_CAREFUL else _paired_trace(p)
         yield long_trace(p, rng)
 
 
