@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from tests.fixtures.synthetic_sweep import LAMBDAS, make_sweep
 from thinkctl.cli import main
 from thinkctl.errors import ConfigError, DataFormatError
 from thinkctl.router import (
-    Router, allocate_budget, efficient_hull, evaluate_routing, fit_logistic, fit_ridge, fit_router,
+    Router, allocate_budget, default_budgets, efficient_hull, evaluate_routing, fit_logistic, fit_ridge, fit_router,
     fixed_frontier_accuracy, prompt_entropy, query_features,
 )
 from thinkctl.router.features import entropy_from_logits
@@ -193,6 +194,18 @@ def test_frontier_interpolation():
     assert fixed_frontier_accuracy(fixed, 80.0) == pytest.approx(0.8)
     assert fixed_frontier_accuracy(fixed, 10.0) == pytest.approx(0.3)
     assert fixed_frontier_accuracy(fixed, 200.0) == pytest.approx(0.9)
+
+
+def test_threshold_rule_treats_near_equal_lengths_as_a_tie(fit_sweep):
+    """λ = 1.5 predicted 0.5% shorter than λ = 1 but less likely right: a tie, won by λ = 1; 10% shorter wins."""
+    router = replace(fit_router(fit_sweep[0], questions=fit_sweep[1]), lambdas=[0.0, 0.75, 1.0, 1.5])
+    p = np.array([[0.99, 0.95, 0.9, 0.6], [0.99, 0.95, 0.9, 0.6]])
+    tokens = np.array([[100.0, 60.0, 40.0, 39.8], [100.0, 60.0, 40.0, 36.0]])
+    assert router.choose(p, tokens).tolist() == [2, 3]
+
+
+def test_default_budgets_trace_the_gaps_between_fixed_lambdas():
+    assert default_budgets([60.0, 20.0, 100.0, 20.5, 60.02]) == [20.0, 20.5, 30.375, 40.25, 50.125, 60.0, 70.0, 80.0, 90.0, 100.0]
 
 
 @pytest.mark.parametrize("estimator", ["logistic", "bins"])

@@ -62,6 +62,22 @@ def fixed_frontier_accuracy(fixed: pd.DataFrame, tokens: float) -> float:
     return float(np.interp(tokens, xs, ys))
 
 
+def default_budgets(fixed_tokens: Iterable[float], per_gap: int = 3, min_gap: float = 1.0) -> list[float]:
+    """Every fixed λ's mean thinking tokens (to 0.1 token, as policies are labelled), and ``per_gap``
+    evenly spaced budgets inside each gap of at least ``min_gap`` tokens between consecutive ones.
+
+    At a fixed λ's own token count that λ is on the frontier by definition; between two of them the
+    frontier is their mixture, which routes queries at random. That is where knowing which queries
+    need the long thinking pays, so the routed curve is traced there too.
+    """
+    levels = sorted({round(float(t), 1) for t in fixed_tokens})
+    budgets = list(levels)
+    for a, b in zip(levels, levels[1:]):
+        if b - a >= min_gap:
+            budgets += [a + (b - a) * k / (per_gap + 1) for k in range(1, per_gap + 1)]
+    return sorted(budgets)
+
+
 def evaluate_routing(
     router: Router,
     records: pd.DataFrame | Iterable[Mapping[str, Any]],
@@ -74,8 +90,9 @@ def evaluate_routing(
 ) -> RouteEvaluation:
     """Route every held-out query, look its outcome up, and compare with fixed λ (see module docstring).
 
-    ``budgets`` defaults to each fixed λ's mean thinking tokens on these queries, so every fixed point
-    gets a routed point at the same budget.
+    ``budgets`` defaults to :func:`default_budgets`: each fixed λ's mean thinking tokens on these
+    queries and points between them, where the frontier is a mixture of two fixed λ and a router has
+    the most room to beat it.
     """
     df = _as_frame(records)
     if method is None and router.meta.get("method") in set(df["method"]):
@@ -102,7 +119,7 @@ def evaluate_routing(
     kind = router.estimator.kind
     choices.append((f"{kind} threshold={router.threshold:g}", choice, float(t[np.arange(len(ids)), choice].mean())))
     if budgets is None:
-        budgets = [float(b) for b in fixed["mean_thinking_tokens"]]
+        budgets = default_budgets(fixed["mean_thinking_tokens"])
     for budget in sorted(set(budgets)):
         try:
             alloc = allocate_budget(p, t, budget)

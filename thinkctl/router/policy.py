@@ -39,6 +39,8 @@ from thinkctl.router.features import FEATURE_NAMES, TEXT_FEATURES, feature_matri
 POLICY_FORMAT = "thinkctl-router"
 POLICY_VERSION = 1
 ESTIMATORS = ("logistic", "bins")
+#: relative difference in predicted thinking tokens under which two λ count as equally cheap
+TOKEN_TIE = 0.02
 #: the difficulty score a bins router uses: the first of these the sweep's queries all have
 BIN_SCORE_ORDER = ("level", "n_op_words", "n_numbers", "n_chars", "entropy")
 
@@ -320,13 +322,19 @@ class Router:
         return self.estimator.predict(list(queries))
 
     def choose(self, p: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """Index into the λ grid per query: cheapest λ with P ≥ threshold, else the most likely correct."""
+        """Index into the λ grid per query: cheapest λ with P ≥ threshold, else the most likely correct.
+
+        Predicted lengths within :data:`TOKEN_TIE` of the cheapest count as a tie, won by the more
+        likely correct λ: past the aligned model's floor a larger λ thinks no less (its prediction is
+        a fraction of a token shorter, which is noise) but is right less often.
+        """
         lam = np.asarray(self.lambdas)
         out = np.empty(len(p), dtype=int)
         for i in range(len(p)):
             ok = np.flatnonzero(p[i] >= self.threshold)
             if ok.size:
-                out[i] = ok[np.lexsort((-lam[ok], tokens[i, ok]))[0]]
+                near = ok[tokens[i, ok] <= tokens[i, ok].min() * (1 + TOKEN_TIE)]
+                out[i] = near[np.lexsort((-lam[near], -p[i, near]))[0]]
             else:
                 out[i] = np.lexsort((-lam, tokens[i], -p[i]))[0]
         return out
