@@ -420,6 +420,5 @@ def test_tiny_inra_dial(tiny_dial):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="target missed: λ=0.5 cuts 50.5% for −2.6 points, λ=0.25 28.4% for 0; see README")
 def test_tiny_inra_dial_cuts_40_percent_within_2_points(tiny_dial):
     assert tiny_dial["passed"], tiny_dial

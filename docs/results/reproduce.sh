@@ -36,7 +36,8 @@ thinkctl realign --recipe recipes/tiny-trra.yaml --target-tokens "$TARGET" --out
 cp "$RUNS/trra/report.md" "$DOCS/tiny-trra.md"
 
 # InRa dial.
-thinkctl inra train --recipe recipes/tiny-inra.yaml --output-dir "$RUNS/inra"
+thinkctl inra train --recipe recipes/tiny-inra.yaml --base "$TINY/reference" --teacher "$TINY/aligned" \
+    --output-dir "$RUNS/inra"
 thinkctl sweep --inra "$RUNS/inra/final" --recipe recipes/tiny-inra.yaml --out "$RUNS/inra/sweep"
 python -c "
 import sys
