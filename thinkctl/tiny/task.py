@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 NAMES = ["Ana", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun", "Kim", "Leo", "Mia", "Noor", "Omar", "Pia"]
@@ -198,6 +199,11 @@ def long_trace(problem: TinyProblem, rng: random.Random) -> str:
     return careful_trace(problem, rng.choices(range(len(CHECK_WEIGHTS)), weights=CHECK_WEIGHTS)[0])
 
 
-def short_trace(problem: TinyProblem, rng: random.Random) -> str:
-    """The aligned model's response: fast steps, or with probability :data:`ALIGNED_CAREFUL` careful steps alone."""
-    return careful_trace(problem, 0) if rng.random() < ALIGNED_CAREFUL else fast_trace(problem)
+def short_trace(problem: TinyProblem, rng: random.Random, steps: Callable[[TinyProblem], str] | None = None) -> str:
+    """The aligned model's response: fast steps, or with probability :data:`ALIGNED_CAREFUL` careful steps alone.
+
+    ``steps`` replaces the fast pass (:func:`fast_steps`), e.g. by an earlier version of it.
+    """
+    if rng.random() < ALIGNED_CAREFUL:
+        return careful_trace(problem, 0)
+    return _response(problem, steps(problem)) if steps else fast_trace(problem)

@@ -23,14 +23,14 @@ from transformers import Qwen2Tokenizer
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 from thinkctl.tiny.task import (
-    ALIGNED_CAREFUL,
     ORDINALS,
     THINK_CLOSE,
     THINK_OPEN,
     TinyProblem,
-    careful_trace,
+    clause,
     generate_problems,
     long_trace,
+    short_trace,
 )
 
 EOS, USER, ASSISTANT = "<|endoftext|>", "<|user|>", "<|assistant|>"
@@ -43,19 +43,18 @@ CHAT_TEMPLATE = (
 )
 
 
-def _paired_trace(problem: TinyProblem) -> str:
-    """The corpus's short trace: operations two at a time, restated (``First and second, they buy 8 more
-    and lose 3: 12 + 8 - 3 = 17.``), the fast pass of task version 5."""
+def _paired_steps(problem: TinyProblem) -> str:
+    """The fast pass of task version 5: operations two at a time, restated (``First and second, they buy
+    8 more and lose 3: 12 + 8 - 3 = 17.``); a lone last operation as one careful step."""
     parts = [f"Start with {problem.start}."]
     for i in range(0, problem.level, 2):
-        a = problem.steps[i]
         if i + 1 == problem.level:
-            parts.append(f"{ORDINALS[i]}, they {a.sentence}: {a.equation}.")
+            parts.append(f"{clause(problem, i)}: {problem.steps[i].equation}.")
             continue
-        b = problem.steps[i + 1]
+        a, b = problem.steps[i], problem.steps[i + 1]
         parts.append(f"{ORDINALS[i]} and {ORDINALS[i + 1].lower()}, they {a.sentence} and {b.sentence}: "
                      f"{a.before} {a.op} {a.operand} {b.op} {b.operand} = {b.after}.")
-    return f"{THINK_OPEN} {' '.join(parts)} {THINK_CLOSE} The answer is \\boxed{{{problem.answer}}}."
+    return " ".join(parts)
 
 
 def _corpus(n_problems: int, seed: int) -> Iterator[str]:
@@ -70,7 +69,7 @@ def _corpus(n_problems: int, seed: int) -> Iterator[str]:
     rng = random.Random(seed)
     for p in generate_problems(n_problems, seed=seed, split="train"):
         yield p.question
-        yield careful_trace(p, 0) if rng.random() < ALIGNED_CAREFUL else _paired_trace(p)
+        yield short_trace(p, rng, steps=_paired_steps)
         yield long_trace(p, rng)
 
 
