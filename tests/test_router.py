@@ -225,6 +225,25 @@ def test_routed_points_dominate_fixed_lambda_on_held_out(fit_sweep, held_out, es
     assert {(r["level"], r["lam"]) for r in routed} == {(1, 1.5), (2, 0.75), (3, 0.0)}
 
 
+def test_oracle_picks_the_cheapest_right_lambda_per_query():
+    from thinkctl.router.evaluate import oracle_choice
+
+    correct = np.array([[1, 1, 0], [1, 0, 1], [0, 0, 0], [0, 1, 1]])
+    tokens = np.array([[90, 40, 10], [90, 40, 10], [90, 40, 10], [90, 5, 30]])
+    assert oracle_choice(correct, tokens).tolist() == [1, 2, 2, 1]  # none right: the cheapest overall
+
+
+def test_eval_reports_the_oracle_as_the_ceiling(fit_sweep, held_out, tmp_path):
+    router = fit_router(fit_sweep[0], questions=fit_sweep[1])
+    result = evaluate_routing(router, held_out[0], questions=held_out[1])
+    o = result.oracle
+    assert o["accuracy"] >= result.table["accuracy"].max() and o["accuracy"] >= result.fixed["accuracy"].max()
+    oracle = [r for r in result.records if r["route_point"] == "oracle"]
+    assert len({r["problem_id"] for r in oracle}) == len(oracle)  # one λ per query
+    assert np.isclose(np.mean([r["thinking_tokens"] for r in oracle]), o["mean_thinking_tokens"])
+    assert "Oracle" in result.to_markdown() and "oracle" not in set(result.table["policy"])
+
+
 def test_eval_needs_every_grid_lambda(fit_sweep, held_out):
     router = fit_router(fit_sweep[0], questions=fit_sweep[1])
     partial = [r for r in held_out[0] if r["lam"] != 1.5]

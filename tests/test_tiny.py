@@ -41,8 +41,8 @@ def test_problems_are_arithmetically_consistent() -> None:
 
 
 def test_traces_grade_correct_and_differ_in_style_and_checks(tokenizer) -> None:
-    """Reference: careful steps then 0–3 checks of the last step; aligned: the same equations without
-    restating the clauses (or careful, unchecked)."""
+    """Reference: careful steps then 0–3 checks of the last step; aligned: the whole chain in one equation,
+    only the result written (or careful, unchecked)."""
     rng = random.Random(0)
     longs, shorts, long_checks = [], [], []
     for p in generate_problems(300, seed=0, split="test"):
@@ -58,8 +58,12 @@ def test_traces_grade_correct_and_differ_in_style_and_checks(tokenizer) -> None:
         long_checks.append(checks)
         assert not any(o in short for o in CHECK_OPENERS)
         assert short in (fast_trace(p), careful_trace(p, 0))
-        assert all(f"{ORDINALS[i]}: {s.equation}." in fast_steps(p) for i, s in enumerate(p.steps))
-        assert not any(s.sentence in fast_steps(p) for s in p.steps) and len(fast_steps(p)) < len(careful_steps(p))
+        fast = fast_steps(p)
+        assert fast.count("=") == 1 and fast.endswith(f"= {p.answer}.")  # no intermediate value is written
+        assert eval(fast.split(". ", 1)[1].split("=")[0]) == int(p.answer)  # the chain is the problem's own
+        assert not any(s.sentence in fast for s in p.steps) and len(fast) < len(careful_steps(p))
+        if p.level == 1:  # one operation: the same sum as the careful equation
+            assert fast == f"Start with {p.start}. {p.steps[0].equation}."
     assert set(long_checks) == {0, 1, 2, 3} and max(set(long_checks), key=long_checks.count) == 3
     assert sum(longs) / len(longs) > 2 * sum(shorts) / len(shorts)
 
@@ -121,6 +125,11 @@ def test_build_is_deterministic_resumable_and_loadable(tmp_path) -> None:
     assert (pair.reference / "model.safetensors").stat().st_mtime_ns == ref_weights
     assert (pair.aligned / "model.safetensors").read_bytes() != aligned_weights
 
+    other = build_tiny_pair(tmp_path / "seed1", replace(cfg, seed=1))  # another training run, the same token ids
+    assert (other.reference / "tokenizer.json").read_bytes() == (pair.reference / "tokenizer.json").read_bytes()
+    ref_1 = AutoModelForCausalLM.from_pretrained(other.reference)
+    assert any(not torch.equal(x, y) for x, y in zip(ref_a.state_dict().values(), ref_1.state_dict().values()))
+
 
 def test_a_new_fast_pass_retrains_the_aligned_model_alone(tokenizer, monkeypatch) -> None:
     """The tokenizer's corpus is fixed (not rebuilt from the fast pass) and FAST_VERSION enters the aligned
@@ -138,9 +147,51 @@ def test_a_new_fast_pass_retrains_the_aligned_model_alone(tokenizer, monkeypatch
     assert after["aligned"] != before["aligned"]
 
 
+def _shape_records(acc: dict[float, list[float]], think: dict[float, list[float]], n: int = 20):
+    """Synthetic sweep records: at each λ, per level (1..5) the given accuracy and thinking tokens."""
+    from thinkctl.records import records_frame
+
+    rows = []
+    for lam in acc:
+        for level, (a, t) in enumerate(zip(acc[lam], think[lam]), start=1):
+            for i in range(n):
+                rows.append(dict(benchmark="tiny", method="fused", problem_id=f"{level}-{i}", level=level, lam=lam,
+                                 correct=i < round(a * n), thinking_tokens=int(t), total_tokens=int(t) + 8))
+    return records_frame(rows)
+
+
+GOOD_ACC = {0.0: [1, 1, 1, 1, .95], 0.25: [1, 1, 1, 1, .95], 0.5: [1, 1, 1, .95, .9], 0.75: [1, .95, .8, .6, .4],
+            1.0: [1, .8, .5, .3, .1], 1.5: [.95, .8, .45, .3, .1]}
+GOOD_THINK = {0.0: [90, 120, 150, 180, 210], 0.25: [20, 40, 60, 80, 100], 0.5: [20, 40, 60, 80, 100],
+              0.75: [15, 30, 45, 60, 75], 1.0: [10, 12, 14, 16, 18], 1.5: [10, 12, 14, 16, 18]}
+
+
+def test_shape_check_passes_the_documented_shape_and_names_each_deviation() -> None:
+    from thinkctl.tiny.shape import check_shape, format_shape
+
+    good = check_shape(_shape_records(GOOD_ACC, GOOD_THINK))
+    assert all(c.passed for c in good), format_shape(good)
+    assert "as documented" in format_shape(good)
+
+    # the fresh build of issue 19: aligned right on level 5, no cliff, λ 1 beating λ 0.75 (a half-fused dip)
+    bad_acc = {**GOOD_ACC, 0.75: [1, .9, .7, .5, .5], 1.0: [1, 1, .95, .9, .85], 1.5: [1, .95, .9, .8, .7]}
+    bad = {c.name: c for c in check_shape(_shape_records(bad_acc, GOOD_THINK))}
+    failed = {name for name, c in bad.items() if not c.passed}
+    assert failed == {"aligned fast and right only on easy problems", "cliff, hard problems first", "no half-fused dip"}
+    assert "85.0%" in bad["aligned fast and right only on easy problems"].detail
+    assert "differs" in format_shape(list(bad.values()))
+
+    no_free = {**GOOD_THINK, 0.25: [80, 110, 140, 170, 200], 0.5: [70, 100, 130, 160, 190], 0.75: [60, 90, 120, 150, 180]}
+    assert not {c.name: c for c in check_shape(_shape_records(GOOD_ACC, no_free))}["free region"].passed
+    rising = {**GOOD_THINK, 0.5: [30, 50, 70, 90, 110]}
+    assert not {c.name: c for c in check_shape(_shape_records(GOOD_ACC, rising))}["thinking falls with λ on [0, 1]"].passed
+    with pytest.raises(ValueError, match="needs results at λ"):
+        check_shape(_shape_records({0.0: GOOD_ACC[0.0]}, {0.0: GOOD_THINK[0.0]}))
+
+
 # --- done-means of the tiny default on the built pair (slow: reuses $THINKCTL_HOME/tiny or builds it) --------------
-# Held-out test problems, greedy, 300 per sweep. Targets the current pair misses are strict xfails with the
-# measured figure: they fail loudly once the world is good enough to meet them.
+# Held-out test problems, greedy, 300 per sweep. The criteria are those of issue 19, stated once in
+# thinkctl.tiny.shape; they must hold on any build (seed, thread count, CPU), not on one build's numbers.
 
 
 @pytest.fixture(scope="module")
@@ -166,35 +217,20 @@ def demo(built_pair, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_per_level_table(built_pair) -> None:
-    """Aligned ≥ 95% on level 1 and ≤ 75% on level 5; reference ≥ 3× the aligned thinking on level 1."""
+def test_build_evaluation_meets_the_per_level_criteria(built_pair) -> None:
+    """The build's own held-out evaluation (build_info.json): reference ≥ 95% on levels 1–4 and ≥ 90% on
+    level 5; aligned ≥ 95% on level 1 and ≤ 60% on level 5; reference ≥ 3× the aligned thinking on level 1."""
     ref, al = (built_pair[1][m]["held_out"]["by_level"] for m in ("reference", "aligned"))
-    assert al["1"]["accuracy"] >= 0.95 and al["5"]["accuracy"] <= 0.75, al
+    assert al["1"]["accuracy"] >= 0.95 and al["5"]["accuracy"] <= 0.60, al
     assert ref["1"]["mean_thinking_tokens"] >= 3 * al["1"]["mean_thinking_tokens"], (ref, al)
-    assert min(level["accuracy"] for level in ref.values()) >= 0.90, ref
+    assert min(ref[lv]["accuracy"] for lv in "1234") >= 0.95 and ref["5"]["accuracy"] >= 0.90, ref
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="target missed: the reference gets 93.3% on level 5 (56/60); see README")
-def test_reference_is_95_percent_right_at_every_level(built_pair) -> None:
-    ref = built_pair[1]["reference"]["held_out"]["by_level"]
-    assert min(level["accuracy"] for level in ref.values()) >= 0.95, ref
-
-
-@pytest.mark.slow
-def test_demo_has_free_region_knee_and_cliff(demo) -> None:
-    """Thinking falls with λ up to 1 (never rising by more than 1% along a plateau, and at the floor
-    beyond); some λ thinks ≥ 40% less than λ=0 within 1 point (the free region); λ=1 is ≥ 10 points
-    below λ=0 (the cliff)."""
-    summary, _ = demo
-    thinking, accuracy = summary["mean_thinking_tokens"], 100 * summary["accuracy"]
-    upto_1 = thinking[thinking.index <= 1.0].tolist()
-    assert all(b <= 1.01 * a for a, b in zip(upto_1, upto_1[1:])), thinking  # falls, or holds on a plateau
-    assert thinking[1.0] < thinking[0.25] < thinking[0.0], thinking
-    assert (thinking[thinking.index > 1.0] <= 1.05 * thinking[1.0]).all(), thinking
-    free = summary[(thinking <= 0.6 * thinking[0.0]) & (accuracy >= accuracy[0.0] - 1)]
-    assert len(free), summary
-    assert accuracy[1.0] <= accuracy[0.0] - 10, summary
+def test_demo_has_the_documented_shape(demo) -> None:
+    """Every criterion of :func:`thinkctl.tiny.shape.check_shape` (what ``thinkctl demo`` prints) holds."""
+    shape = json.loads((demo[1] / "shape.json").read_text())
+    assert shape["passed"], "\n".join(f"{c['name']}: {c['detail']}" for c in shape["checks"] if not c["passed"])
 
 
 @pytest.mark.slow

@@ -131,6 +131,24 @@ def cmd_demo(args: argparse.Namespace) -> None:
     ref, aligned = str(pair.reference), str(pair.aligned)
     models = Models(lambda: cfg.backend.open(ref, aligned), "fused", f"{ref} + {aligned}", {"reference": ref, "aligned": aligned})
     _sweep(cfg, args.out, models, args.overwrite)
+    _print_shape(Path(args.out))
+
+
+def _print_shape(out_dir: Path) -> None:
+    """End the demo with the shape check of the user's own build (``thinkctl.tiny.shape``), saved as shape.json."""
+    from dataclasses import asdict
+
+    from thinkctl.io import atomic_write_json
+    from thinkctl.records import load_records
+    from thinkctl.tiny.shape import SHAPE_LAMBDAS, check_shape, format_shape
+
+    records = load_records([out_dir / "results.jsonl"])
+    if not set(SHAPE_LAMBDAS) <= set(records["lam"].astype(float)):
+        print(f"(shape check skipped: it needs λ {list(SHAPE_LAMBDAS)} in the sweep)")
+        return
+    checks = check_shape(records)
+    atomic_write_json(out_dir / "shape.json", {"passed": all(c.passed for c in checks), "checks": [asdict(c) for c in checks]})
+    print(format_shape(checks))
 
 
 def cmd_generate(args: argparse.Namespace) -> None:

@@ -273,6 +273,10 @@ def plot_pareto(points: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
                     _errorbar(ax, line["mean_thinking_tokens"], line, "D-", ms=5,
                               color="black" if estimator == "logistic" else "dimgray", label=f"routed, {estimator} (budget mode)")
                 for _, row in g[~is_budget].iterrows():
+                    if row["point"] == "oracle":  # cheapest right λ per query: the ceiling, not a policy
+                        _errorbar(ax, [row["mean_thinking_tokens"]], row.to_frame().T, "P", color="forestgreen", ms=12,
+                                  label="oracle λ per query (ceiling)")
+                        continue
                     color = "crimson" if row["point"].startswith("logistic") else "darkorange"
                     _errorbar(ax, [row["mean_thinking_tokens"]], row.to_frame().T, "*", color=color, ms=15,
                               label=f"routed ({row['point']})")

@@ -6,6 +6,10 @@ budget mode at each fixed λ's own mean token count) becomes a point (mean think
 compared with the fixed-λ frontier interpolated at the same mean tokens; its looked-up records are
 returned with ``method = "routed"`` and a ``route_point`` label ("logistic threshold=0.5", "bins budget=48.6")
 so reports can plot them.
+
+Next to them stands the **oracle**: per query the cheapest λ whose answer was right (the cheapest λ
+overall when none was). No router can beat it on the same sweep, so it is the ceiling routing is
+measured against, and its records (``route_point = "oracle"``) are plotted with the policies.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class RouteEvaluation:
     fixed: pd.DataFrame
     table: pd.DataFrame
     records: list[dict[str, Any]]
+    oracle: dict[str, float]
 
     def to_markdown(self) -> str:
         lines = ["| policy | mean λ | predicted think tok | mean think tok | accuracy % | fixed-λ accuracy % at same tokens | Δ pp |",
@@ -44,7 +49,17 @@ class RouteEvaluation:
                          f"{100 * r.accuracy:.1f} | {100 * r.fixed_accuracy_at_tokens:.1f} | {100 * r.gain:+.1f} |")
         fixed = ["| fixed λ | mean think tok | accuracy % |", "|---|---|---|"]
         fixed += [f"| {r.lam:g} | {r.mean_thinking_tokens:.1f} | {100 * r.accuracy:.1f} |" for r in self.fixed.itertuples(index=False)]
-        return "\n".join(fixed) + "\n\n" + "\n".join(lines) + "\n"
+        o = self.oracle
+        ceiling = (f"Oracle (cheapest right λ per query, the ceiling of any router on this sweep): {100 * o['accuracy']:.1f}% at "
+                   f"{o['mean_thinking_tokens']:.1f} thinking tokens, {100 * o['gain']:+.1f} pp over the fixed-λ frontier there.")
+        return "\n".join(fixed) + "\n\n" + "\n".join(lines) + "\n\n" + ceiling + "\n"
+
+
+def oracle_choice(correct: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """Per query (row), the column of the fewest thinking tokens among the right answers, or among all when
+    none is right: what a router that knew every outcome would pick."""
+    masked = np.where(correct.astype(bool), tokens, np.inf)
+    return np.where(correct.any(1), masked.argmin(1), tokens.argmin(1))
 
 
 def fixed_frontier_accuracy(fixed: pd.DataFrame, tokens: float) -> float:
@@ -134,6 +149,14 @@ def evaluate_routing(
         by_key[(record.problem_id, record.lam)].append(record)
     rows, routed = [], []
     rows_idx = np.arange(len(ids))
+    best = oracle_choice(correct, tokens)
+    oracle_tokens = float(tokens[rows_idx, best].mean())
+    oracle = {"accuracy": float(correct[rows_idx, best].mean()), "mean_thinking_tokens": oracle_tokens,
+              "fixed_accuracy_at_tokens": fixed_frontier_accuracy(fixed, oracle_tokens)}
+    oracle["gain"] = oracle["accuracy"] - oracle["fixed_accuracy_at_tokens"]
+    for pid, j in zip(ids, best):
+        routed += [replace(r, method="routed", route_point="oracle", route_estimator="oracle").to_dict()
+                   for r in by_key[(pid, router.lambdas[j])]]
     for label, choice, predicted in choices:
         acc = float(correct[rows_idx, choice].mean())
         mean_tokens = float(tokens[rows_idx, choice].mean())
@@ -144,4 +167,4 @@ def evaluate_routing(
         for pid, j in zip(ids, choice):
             for r in by_key[(pid, router.lambdas[j])]:
                 routed.append(replace(r, method="routed", route_point=label, route_estimator=kind).to_dict())
-    return RouteEvaluation(fixed, pd.DataFrame(rows), routed)
+    return RouteEvaluation(fixed, pd.DataFrame(rows), routed, oracle)

@@ -11,7 +11,7 @@ from typing import Any
 
 from thinkctl.data import ID_KEYS, QUESTION_KEYS, first_key, load_benchmark
 from thinkctl.errors import DataFormatError
-from thinkctl.io import atomic_write_text, iter_jsonl
+from thinkctl.io import atomic_write_json, atomic_write_text, iter_jsonl
 from thinkctl.records import load_records
 from thinkctl.router.budget import allocate_budget
 from thinkctl.router.evaluate import RouteEvaluation, evaluate_routing
@@ -123,7 +123,8 @@ def route_eval(
     method: str | None = None,
     benchmark: str | None = None,
 ) -> RouteEvaluation:
-    """Evaluate a policy on a held-out sweep; writes ``routed.jsonl`` (for reports) and ``route_eval.md/csv``."""
+    """Evaluate a policy on a held-out sweep; writes ``routed.jsonl`` (for reports), ``route_eval.md/csv`` and
+    ``route_oracle.json`` (the per-query oracle's accuracy and thinking, the ceiling of routing)."""
     router = Router.load(policy)
     records = load_records(sweep)
     signals = None
@@ -138,4 +139,5 @@ def route_eval(
     atomic_write_text(out_dir / "routed.jsonl", "".join(json.dumps(r) + "\n" for r in result.records))
     atomic_write_text(out_dir / "route_eval.csv", result.table.to_csv(index=False))
     atomic_write_text(out_dir / "route_eval.md", result.to_markdown())
+    atomic_write_json(out_dir / "route_oracle.json", result.oracle)
     return result

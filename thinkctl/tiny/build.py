@@ -246,7 +246,9 @@ def build_tiny_pair(out_dir: str | Path | None = None, config: TinyBuildConfig |
     if not force and all(_is_built(path, cfg.digest(name)) for name, path, *_ in stages) and (root / "build_info.json").is_file():
         log.info("tiny pair already built at %s", root)
         return pair
-    tokenizer = build_tokenizer(cfg.vocab_size, cfg.seed)
+    # the tokenizer is part of the task, like a real model's: its corpus is fixed (seed 0) whatever the build's seed,
+    # so seeds vary the training run (data order, initialisation, problems), never the token ids
+    tokenizer = build_tokenizer(cfg.vocab_size)
     train: list[TinyProblem] = []
     retrain = force  # once a stage is retrained, every later stage starts from new weights
     for offset, (name, path, parent, style, steps, lr, label) in enumerate(stages):
@@ -262,11 +264,11 @@ def build_tiny_pair(out_dir: str | Path | None = None, config: TinyBuildConfig |
         _save(model, tokenizer, path, info)
 
     held_out = load_benchmark("tiny", split="test", limit=cfg.n_eval, seed=cfg.seed) if cfg.n_eval else []
-    summary: dict = {"config": asdict(cfg), "config_digest": cfg.digest()}
-    for name, path in (("reference", pair.reference), ("aligned", pair.aligned)):
+    summary: dict = {"config": asdict(cfg), "config_digest": cfg.digest(), "torch_threads": torch.get_num_threads()}
+    for name, path in (("solver", pair.solver), ("reference", pair.reference), ("aligned", pair.aligned)):
         summary[name] = json.loads((path / MARKER).read_text())
         summary[name].pop("config", None)
-        if held_out:
+        if held_out and name != "solver":
             summary[name]["held_out"] = evaluate(path, held_out)
             log.info("%s: %s", name, summary[name]["held_out"])
     atomic_write_json(root / "build_info.json", summary)

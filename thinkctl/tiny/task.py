@@ -5,17 +5,19 @@ question as its number of clauses), each adding or taking away 2–9, each with 
 transformer can think about it in two styles:
 
 * **careful**: restate each clause, then work it as one equation,
-  ``Start with 12. First, they buy 8 more: 12 + 8 = 20. Second, …``. Restating puts the operand right
-  next to the equation (copying the text after a unique marker such as "Second, they sell" is the
-  first thing a small transformer learns), so every equation is one one-digit addition or subtraction,
-  which a 4-layer model learns almost perfectly: careful answers stay right at every level;
-* **fast**: the same equations without restating, ``First: 12 + 8 = 20. Second: 20 - 3 = 17.``
-  Each operand must then be fetched straight from the question, by the ordinal of its clause, instead
-  of copied from a restatement written just before it, and the sum worked without the operand next to
-  it. With one clause there is nothing to confuse (level 1 comes out nearly as reliable as careful,
-  and a quarter shorter); with five the fetch picks up a neighbouring clause's number or sign and mostly
-  fails, so fast thinking is nearly free on easy problems and costly on hard ones. Nothing in the
-  training data is wrong: the failures are what the model can and cannot compute.
+  ``Start with 12. First, they buy 8 more: 12 + 8 = 20. Second, …``. Every intermediate value is
+  written down, so each equation is one one-digit addition or subtraction whose operands sit in the
+  text just before it: a 4-layer model learns that almost perfectly, and careful answers stay right
+  at every level;
+* **fast**: every operation in one equation, only the result written,
+  ``Start with 12. 12 + 8 - 3 + 5 = 22.`` The digits of the result must be produced in one forward
+  pass each, from a chain of signed operands (numbers are single-digit tokens, as in Qwen2). One
+  operation is the same one-step sum as a careful equation, so level 1 is as reliable as careful and
+  several times shorter; composing four or five operations without the intermediate values is serial
+  work a 4-layer model cannot do in one pass, whatever its seed, its data order or the CPU's kernels.
+  Fast thinking is therefore nearly free on easy problems and fails on hard ones *by construction*,
+  not by how one training run happened to go. Nothing in the training data is wrong: the failures
+  are what the model can and cannot compute.
 
 On top of that the careful thinker **re-checks**: after the steps it restates the last step and the
 answer in up to three verification passes that never change the answer (over-thinking), so that part
@@ -32,7 +34,8 @@ The two styles of the pair:
 
 Fusion therefore moves decisions in a fixed order as λ rises: first the weakly preferred checks go
 (thinking falls a lot, accuracy stays: the free region), and only at a larger λ does the strongly held
-choice between careful and fast flip (the cliff, which costs accuracy on the hard levels first).
+choice between careful and fast flip, right after ``Start with N.`` (the cliff, which costs accuracy
+on the hard levels first).
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ SOLVER_CHECK = 0.3
 ALIGNED_CAREFUL = 0.1
 
 TASK_VERSION = 5  # part of every build digest: bump it when problems, careful or reference traces change
-FAST_VERSION = 2  # part of the aligned model's digest only: bump it when the fast pass changes
+FAST_VERSION = 3  # part of the aligned model's digest only: bump it when the fast pass changes
 MAX_VALUE = 59
 MIN_OPERAND, MAX_OPERAND = 2, 9
 MIN_START, MAX_START = 5, 30
@@ -174,10 +177,10 @@ def check_pass(problem: TinyProblem, i: int) -> str:
 
 
 def fast_steps(problem: TinyProblem) -> str:
-    """The fast pass: ``"Start with 12. First: 12 + 8 = 20. Second: 20 - 3 = 17."``, every clause
-    worked without restating it, so each operand is fetched from the question by its ordinal."""
-    steps = " ".join(f"{ORDINALS[i]}: {s.equation}." for i, s in enumerate(problem.steps))
-    return f"Start with {problem.start}. {steps}"
+    """The fast pass: ``"Start with 12. 12 + 8 - 3 + 5 = 22."``, every operation in one equation and only the
+    result written, so the model must compose the whole chain in the forward passes of the result's digits."""
+    chain = " ".join(f"{s.op} {s.operand}" for s in problem.steps)
+    return f"Start with {problem.start}. {problem.start} {chain} = {problem.answer}."
 
 
 def _response(problem: TinyProblem, thinking: str) -> str:

@@ -1,0 +1,115 @@
+"""Does a tiny-world build have the trade-off the toolkit is demonstrated on? Checked from a λ sweep.
+
+A build on another CPU, thread count or seed trains along another floating-point path, so the pair a
+user builds is never bit-for-bit the documented one. What must hold on every build is the *shape*:
+the free region, the cliff, the hard levels falling first. :func:`check_shape` states each of those as
+a pass/fail line with its numbers, measured on the user's own sweep (the demo's), so a build that
+deviates says so instead of silently contradicting the README. The same function is what the slow
+tests assert, so the documented criteria and the tested ones cannot drift apart.
+
+λ = 0 is the reference alone and λ = 1 the aligned model alone, so the per-level criteria of the two
+models are read off the same sweep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from thinkctl.records import aggregate
+
+#: the λ the checks read; the demo's default grid holds them all
+SHAPE_LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+
+
+@dataclass(frozen=True)
+class ShapeCheck:
+    """One criterion of the world's shape, with the figures it was judged on."""
+
+    name: str
+    passed: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'✓' if self.passed else '✗'} {self.name}: {self.detail}"
+
+
+def _table(records: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    return aggregate(records, by).set_index(by)
+
+
+def check_shape(records: pd.DataFrame) -> list[ShapeCheck]:
+    """The tiny world's done-means, judged on one fused sweep's records (greedy, held-out problems).
+
+    * reference (λ 0) ≥ 95% on levels 1–4 and ≥ 90% on level 5; aligned (λ 1) ≥ 95% on level 1 and
+      ≤ 60% on level 5; on level 1 the reference thinks ≥ 3× as long as the aligned model;
+    * thinking falls with λ on [0, 1] (a plateau may rise by at most 1%);
+    * free region: some λ in (0, 1) thinks ≥ 40% less than λ 0 within 1 point;
+    * cliff: λ 1 is ≥ 15 points below λ 0, and level 5 loses more there than level 1 (hard first);
+    * no half-fused dip: accuracy is non-increasing in λ on [0, 1.5] within 2 points.
+    """
+    missing = [lam for lam in SHAPE_LAMBDAS if lam not in set(records["lam"].astype(float))]
+    if missing:
+        raise ValueError(f"the shape check needs results at λ {missing}; sweep the demo's grid")
+    overall = _table(records, ["lam"])
+    acc, think = 100 * overall["accuracy"], overall["mean_thinking_tokens"]
+    by_level = _table(records, ["lam", "level"])
+    lacc = 100 * by_level["accuracy"]
+    levels = sorted(by_level.loc[0.0].index)
+    first, last = levels[0], levels[-1]
+    checks = []
+
+    ref = {lv: lacc[(0.0, lv)] for lv in levels}
+    floor = {lv: 90.0 if lv == last else 95.0 for lv in levels}
+    checks.append(ShapeCheck(
+        "reference right at every level", all(ref[lv] >= floor[lv] for lv in levels),
+        "λ 0 by level " + " / ".join(f"{ref[lv]:.1f}" for lv in levels) + f" % (≥ 95, level {last} ≥ 90)"))
+    al1, al5 = lacc[(1.0, first)], lacc[(1.0, last)]
+    checks.append(ShapeCheck(
+        "aligned fast and right only on easy problems", al1 >= 95 and al5 <= 60,
+        f"λ 1 level {first} {al1:.1f}% (≥ 95), level {last} {al5:.1f}% (≤ 60)"))
+    t_ref, t_al = by_level["mean_thinking_tokens"][(0.0, first)], by_level["mean_thinking_tokens"][(1.0, first)]
+    checks.append(ShapeCheck(
+        "reference over-thinks easy problems", t_ref >= 3 * t_al,
+        f"level {first}: {t_ref:.1f} vs {t_al:.1f} thinking tokens ({t_ref / max(t_al, 1e-9):.1f}×, ≥ 3×)"))
+
+    dial = [lam for lam in overall.index if 0.0 <= lam <= 1.0]
+    rises = [(a, b) for a, b in zip(dial, dial[1:]) if think[b] > 1.01 * think[a]]
+    checks.append(ShapeCheck(
+        "thinking falls with λ on [0, 1]", not rises,
+        " → ".join(f"{think[lam]:.1f}" for lam in dial) + " tokens" + (f"; rises at λ {rises}" if rises else "")))
+
+    free = [lam for lam in dial if 0 < lam < 1 and think[lam] <= 0.6 * think[0.0] and acc[lam] >= acc[0.0] - 1]
+    if free:
+        best = min(free, key=think.__getitem__)
+        detail = f"λ {best:g} thinks {100 * (1 - think[best] / think[0.0]):.1f}% less at {acc[best] - acc[0.0]:+.1f} points"
+    else:
+        cut = {lam: 100 * (1 - think[lam] / think[0.0]) for lam in dial if 0 < lam < 1}
+        detail = "no λ in (0, 1) cuts ≥ 40% within 1 point; " + ", ".join(
+            f"λ {lam:g}: −{c:.1f}% at {acc[lam] - acc[0.0]:+.1f}" for lam, c in cut.items())
+    checks.append(ShapeCheck("free region", bool(free), detail))
+
+    drop = acc[0.0] - acc[1.0]
+    hard, easy = lacc[(0.0, last)] - lacc[(1.0, last)], lacc[(0.0, first)] - lacc[(1.0, first)]
+    knee = next((lam for lam in overall.index if lam > 0 and acc[lam] < acc[0.0] - 2), None)
+    checks.append(ShapeCheck(
+        "cliff, hard problems first", drop >= 15 and hard > easy,
+        f"λ 1 is {drop:.1f} points below λ 0 (≥ 15); level {last} loses {hard:.1f}, level {first} {easy:.1f}; "
+        f"knee (first λ > 2 points down): {knee if knee is None else f'{knee:g}'}"))
+
+    grid = [lam for lam in overall.index if 0.0 <= lam <= 1.5]
+    dips = [(a, b) for i, a in enumerate(grid) for b in grid[i + 1:] if acc[b] > acc[a] + 2]
+    checks.append(ShapeCheck(
+        "no half-fused dip", not dips,
+        " → ".join(f"{acc[lam]:.1f}" for lam in grid) + " % on λ " + "/".join(f"{lam:g}" for lam in grid)
+        + (f"; a larger λ beats a smaller one by > 2 points at {dips[:3]}" if dips else "")))
+    return checks
+
+
+def format_shape(checks: list[ShapeCheck]) -> str:
+    """The checks as the lines ``thinkctl demo`` prints, with a verdict."""
+    ok = all(c.passed for c in checks)
+    head = ("Shape of this build: as documented." if ok else
+            "Shape of this build: differs from the documented world (see ✗ below; README 'The tiny default on your machine').")
+    return "\n".join([head, *(f"  {c.line()}" for c in checks)])
