@@ -29,7 +29,7 @@ class ScriptedBackend(RolloutBackend):
         self.calls = 0
         self.generated = 0
 
-    def generate(self, prompts: Sequence[str], lam, sampling: SamplingConfig) -> list[Completion]:
+    def generate(self, prompts: Sequence[str], lam, sampling: SamplingConfig, seeds=None) -> list[Completion]:
         if self.crash_after is not None and self.calls >= self.crash_after:
             raise KeyboardInterrupt("killed")
         self.calls += 1
@@ -177,7 +177,7 @@ def test_ctrl_c_saves_the_finished_samples_of_the_chunk_in_flight(tmp_path, monk
     answer = tokenizer("<think> 1 </think> \\boxed{ 1 }", add_special_tokens=False)["input_ids"]
     calls = []
 
-    def fake_generate(reference, aligned, input_ids, mask, lams, sampling, stop, thinking=None):
+    def fake_generate(reference, aligned, input_ids, mask, lams, sampling, stop, thinking=None, seeds=None):
         calls.append(len(lams))
         if len(calls) == 3:
             raise KeyboardInterrupt
@@ -192,6 +192,49 @@ def test_ctrl_c_saves_the_finished_samples_of_the_chunk_in_flight(tmp_path, monk
     calls.clear()
     run_sweep(backend, problems, [0.0], SamplingConfig(), tmp_path, benchmark="toy", chunk_size=8)
     assert sum(calls) == 4 and len({r["problem_id"] for r in read_jsonl(tmp_path / "results.jsonl")}) == 8
+
+
+def test_sampled_sweeps_resumed_or_grown_give_the_records_of_one_uninterrupted_run(tmp_path, random_pair, monkeypatch) -> None:
+    import thinkctl.rollout.hf as hf
+
+    ref, al = random_pair
+    tokenizer = make_word_tokenizer()
+    sampling = SamplingConfig(max_new_tokens=6, temperature=0.7, top_p=0.95, seed=5)
+    problems, lambdas = PROBLEMS[:4], [0.0, 1.0]
+
+    def sweep(out, n_samples, chunk_size=5):
+        backend = hf.HFBackend(ref, al, tokenizer, batch_size=3, progress=False)
+        run_sweep(backend, problems, lambdas, sampling, tmp_path / out, benchmark="toy", n_samples=n_samples,
+                  chunk_size=chunk_size, summarize=False)
+
+    def records(out):
+        return sorted(read_jsonl(tmp_path / out / "results.jsonl"), key=lambda r: (r["problem_id"], r["lam"], r["sample"]))
+
+    sweep("whole", 4)
+    whole = records("whole")
+    assert len(whole) == 32
+    by_sample = {s: [r["response"] for r in whole if r["sample"] == s] for s in range(4)}
+    assert by_sample[0] != by_sample[2] and by_sample[1] != by_sample[3] and by_sample[0] != by_sample[1]
+
+    sweep("grown", 2)
+    sweep("grown", 4, chunk_size=3)  # other chunks, other batches: the seeds follow the keys
+    assert records("grown") == whole
+
+    real, calls = hf.fused_generate, []
+
+    def interrupted_mid_chunk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hf, "fused_generate", interrupted_mid_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        sweep("resumed", 4)
+    assert 0 < len(read_jsonl(tmp_path / "resumed" / "results.jsonl")) < 32
+    monkeypatch.setattr(hf, "fused_generate", real)
+    sweep("resumed", 4)
+    assert records("resumed") == whole
 
 
 def test_device_and_dtype_default_to_the_best_available(monkeypatch) -> None:
@@ -211,7 +254,7 @@ def test_device_and_dtype_default_to_the_best_available(monkeypatch) -> None:
 class CutOffBackend(ScriptedBackend):
     """Like ScriptedBackend, but at λ = 0 the even problems run out of tokens mid-thought, a box already written."""
 
-    def generate(self, prompts, lam, sampling):
+    def generate(self, prompts, lam, sampling, seeds=None):
         out = super().generate(prompts, lam, sampling)
         for i, (prompt, completion) in enumerate(zip(prompts, out)):
             n = int(prompt.split()[1])

@@ -113,7 +113,9 @@ def run_sweep(
 ) -> Path:
     """Generate and grade every (problem, λ, sample) not yet in ``out_dir/results.jsonl``.
 
-    Work is sent to the backend in chunks of ``chunk_size`` prompts that may mix λ values, so the
+    When sampling, each sample is drawn with its own seed, a hash of the run's seed and its key
+    (benchmark, problem id, λ, sample index; :meth:`SamplingConfig.seed_for`), so a resumed run or
+    one extended to more samples gives exactly the records of one uninterrupted run. Work is sent to the backend in chunks of ``chunk_size`` prompts that may mix λ values, so the
     backend batches across the grid; each chunk's records are appended as soon as it is graded. On
     Ctrl-C the completions the backend finished are graded and saved too, and :class:`Interrupted`
     says where. Returns the path of the results file.
@@ -147,8 +149,10 @@ def run_sweep(
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start : start + chunk_size]
             try:
-                completions = backend.generate([prompts[p.id] for p, _, _ in chunk], [lam for _, lam, _ in chunk],
-                                               sampling.derive(start))
+                completions = backend.generate(
+                    [prompts[p.id] for p, _, _ in chunk], [lam for _, lam, _ in chunk], sampling,
+                    seeds=[sampling.seed_for(benchmark, p.id, lam, s) for p, lam, s in chunk],
+                )
             except KeyboardInterrupt as e:
                 finished = sorted(getattr(e, "completed", {}).items())
                 save([chunk[i] for i, _ in finished], [c for _, c in finished])
