@@ -137,3 +137,43 @@ def test_ctrl_c_exits_with_one_line_and_status_130(saved_pair, tmp_path, capsys,
     assert len(read_jsonl(out / "results.jsonl")) == 2
     monkeypatch.setattr(hf, "fused_generate", real)
     assert main(argv) == 0 and len(read_jsonl(out / "results.jsonl")) == 5
+
+
+def tree(path) -> dict[str, bytes] | None:
+    """Every file under ``path`` with its bytes (None when ``path`` does not exist)."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()} if path.exists() else None
+
+
+def test_a_run_that_cannot_start_leaves_its_directory_as_it_was(saved_pair, tmp_path, capsys, monkeypatch) -> None:
+    import sys
+
+    from thinkctl.rollout.base import ENGINES
+
+    ref, al, bench = saved_pair
+    other = tmp_path / "other"
+    make_random_lm(len(WORDS) + 1).save_pretrained(other)
+    make_word_tokenizer(WORDS + ["zebra"]).save_pretrained(other)
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    sweep = ["sweep", "--benchmark", bench, "--lambdas", "0,1", "--max-new-tokens", "3"]
+    done = tmp_path / "done"
+    assert main([*sweep, "--ref", ref, "--aligned", al, "--out", str(done)]) == 0
+    before = tree(done)
+    failures = {
+        "a mistyped local path": (["--ref", "models/refernce", "--aligned", al], "model path does not exist: models/refernce"),
+        "mismatched vocabularies": (["--ref", ref, "--aligned", str(other)], "tokenizers differ"),
+        "vLLM not installed": (["--ref", ref, "--aligned", al, "--engine", "vllm"], "needs vLLM"),
+    }
+    monkeypatch.delitem(ENGINES, "vllm", raising=False)
+    monkeypatch.delitem(sys.modules, "thinkctl.rollout.vllm", raising=False)
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` fails as where it is not installed
+    for what, (models, message) in failures.items():
+        capsys.readouterr()
+        assert main([*sweep, *models, "--out", str(tmp_path / "fresh")]) == 2, what
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and "huggingface.co" not in err, (what, err)
+        assert not (tmp_path / "fresh").exists(), what
+        for extra in ([], ["--overwrite"]):
+            assert main([*sweep, *models, "--out", str(done), *extra]) == 2, (what, extra)
+            assert tree(done) == before, (what, extra)
+    assert main([*sweep, "--ref", ref, "--aligned", al, "--out", str(tmp_path / "fresh")]) == 0  # the corrected command runs

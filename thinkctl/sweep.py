@@ -28,7 +28,7 @@ from thinkctl.models import model_identity
 from thinkctl.prompts import PromptConfig
 from thinkctl.records import RecordKey, graded_record, read_records
 from thinkctl.rollout import BackendConfig, RolloutBackend
-from thinkctl.runs import RESULTS_FILE, open_run
+from thinkctl.runs import RESULTS_FILE, prepare_run
 from thinkctl.sampling import SamplingConfig
 from thinkctl.thinking import prompt_opens_thinking
 
@@ -191,7 +191,7 @@ def problems_digest(problems: Sequence[Problem]) -> str:
 def run_settings(
     cfg: SweepConfig, problems: Mapping[str, Sequence[Problem]], models: Mapping[str, str], *, method: str, model: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The (compared settings, recorded context) of a sweep, as :func:`thinkctl.runs.open_run` takes them.
+    """The (compared settings, recorded context) of a sweep, as :func:`thinkctl.runs.prepare_run` takes them.
 
     ``models`` maps each model's role (reference, aligned, inra) to its hub name or path.
     """
@@ -231,14 +231,16 @@ def run_sweep_config(
 
     The benchmarks are loaded and the run's settings checked against the directory's ``run.json``
     before the models, so a wrong benchmark or a mismatched resume fails before a long model load;
-    ``models`` (role → name or path; default: ``model`` itself) are what the settings identify. The
-    backend is closed at the end.
+    ``models`` (role → name or path; default: ``model`` itself) are what the settings identify.
+    Nothing is written to ``out_dir`` (and ``--overwrite`` moves nothing) until the backend has opened:
+    a run that fails to start leaves the directory as it was. The backend is closed at the end.
     """
     problems = cfg.problems()
     settings, context = run_settings(cfg, problems, models or {"model": model}, method=method, model=model)
-    open_run(out_dir, settings, context, overwrite=overwrite)
+    run = prepare_run(out_dir, settings, context, overwrite=overwrite)
     backend = open_backend()
     try:
+        run.start()
         for name, benchmark_problems in problems.items():
             run_sweep(backend, benchmark_problems, cfg.lambdas, cfg.sampling, out_dir, benchmark=name, method=method,
                       model=model, n_samples=cfg.n_samples, chunk_size=cfg.chunk_size, prompt=cfg.prompt, summarize=False)

