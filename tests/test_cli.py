@@ -177,3 +177,73 @@ def test_a_run_that_cannot_start_leaves_its_directory_as_it_was(saved_pair, tmp_
             assert main([*sweep, *models, "--out", str(done), *extra]) == 2, (what, extra)
             assert tree(done) == before, (what, extra)
     assert main([*sweep, "--ref", ref, "--aligned", al, "--out", str(tmp_path / "fresh")]) == 0  # the corrected command runs
+
+
+CHILD = """
+import pathlib, sys, time
+import thinkctl.rollout.hf as hf
+real, calls = hf.fused_generate, []
+
+def second_batch_waits(*args, **kwargs):
+    calls.append(1)
+    if len(calls) > 1:
+        pathlib.Path(sys.argv[1]).write_text("generating")
+        time.sleep(120)  # the parent's signal lands here, mid-chunk
+    return real(*args, **kwargs)
+
+hf.fused_generate = second_batch_waits
+from thinkctl.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_sigterm_to_a_running_sweep_saves_the_finished_samples_like_ctrl_c(saved_pair, tmp_path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ref, al, bench = saved_pair
+    out, ready = tmp_path / "run", tmp_path / "ready"
+    argv = ["sweep", "--ref", ref, "--aligned", al, "--benchmark", bench, "--lambdas", "0", "--max-new-tokens", "4",
+            "--batch-size", "2", "--out", str(out)]
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(ready), *argv], stderr=subprocess.PIPE, text=True,
+                             cwd=os.getcwd(), env={**os.environ, "PYTHONPATH": os.getcwd()})
+    deadline = time.monotonic() + 300
+    while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ready.exists(), child.stderr.read() if child.poll() is not None else "the child never reached its second batch"
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 143
+    ours = [line for line in err.splitlines() if line.startswith("thinkctl:")]
+    assert len(ours) == 1 and "Traceback" not in err, err
+    assert ours[0].startswith("thinkctl: SIGTERM received; interrupted: 2 samples are saved in"), ours[0]
+    assert len(read_jsonl(out / "results.jsonl")) == 2  # the finished batch of the chunk in flight
+
+
+def test_sighup_stops_a_sweep_like_ctrl_c_and_the_handlers_are_restored(saved_pair, tmp_path, capsys, monkeypatch) -> None:
+    import os
+    import signal
+
+    import thinkctl.rollout.hf as hf
+
+    ref, al, bench = saved_pair
+    real, calls = hf.fused_generate, []
+
+    def hangup_on_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            os.kill(os.getpid(), signal.SIGHUP)  # a real signal, handled in this process's main thread
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hf, "fused_generate", hangup_on_second_batch)
+    out = tmp_path / "run"
+    before = signal.getsignal(signal.SIGHUP)
+    assert main(["sweep", "--ref", ref, "--aligned", al, "--benchmark", bench, "--lambdas", "0", "--max-new-tokens", "4",
+                 "--batch-size", "2", "--out", str(out)]) == 129
+    ours = [line for line in capsys.readouterr().err.splitlines() if line.startswith("thinkctl:")]
+    assert len(ours) == 1 and ours[0].startswith("thinkctl: SIGHUP received; interrupted: 2 samples are saved in")
+    assert len(read_jsonl(out / "results.jsonl")) == 2
+    assert signal.getsignal(signal.SIGHUP) == before

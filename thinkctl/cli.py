@@ -3,16 +3,20 @@
 A command's settings are the fields of its job's config dataclass: :func:`thinkctl.config.add_flags`
 generates the flags from them, and :func:`thinkctl.config.load_section` merges a ``--recipe`` section
 with the flags given. User errors (:class:`thinkctl.errors.ThinkctlError`) are printed as one line
-and exit with status 2; Ctrl-C prints one line (where the saved work is) and exits with 130; anything
-else is a bug and keeps its traceback.
+and exit with status 2; Ctrl-C prints one line (where the saved work is) and exits with 130, and SIGTERM and
+SIGHUP do the same with 143 and 129 (128 + the signal's number, as the shell reports a process killed by
+it); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -396,6 +400,30 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+#: signals that stop a job like Ctrl-C (cluster schedulers preempt with SIGTERM; a closed terminal sends SIGHUP)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def _signals_as_ctrl_c(received: list[int]) -> Iterator[None]:
+    """While inside, SIGTERM and SIGHUP raise KeyboardInterrupt (recording the signal in ``received``), so
+    jobs save their finished work exactly as on Ctrl-C; the previous handlers come back after."""
+
+    def handler(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # everything after a bare `--` is for the program a command wraps (serve: vLLM's server)
@@ -409,14 +437,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"`thinkctl {args.command}` takes no options after `--` (only `thinkctl serve` does)")
         args.passthrough = passthrough
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    received: list[int] = []
     try:
-        args.func(args)
+        with _signals_as_ctrl_c(received):
+            args.func(args)
     except ThinkctlError as e:
         print(f"thinkctl: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:  # Ctrl-C: jobs save what they finished (Interrupted says where); no traceback
-        print(f"thinkctl: {e}" if isinstance(e, Interrupted) else "thinkctl: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP: jobs save what they finished (Interrupted says where)
+        stopped = f"{signal.Signals(received[0]).name} received; " if received else ""
+        print(f"thinkctl: {stopped}{e if isinstance(e, Interrupted) else 'interrupted'}", file=sys.stderr)
+        return 128 + received[0] if received else 130  # the shell's status for death by that signal (Ctrl-C: SIGINT)
     return 0
 
 
