@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import re
 import signal
 import sys
 import threading
@@ -424,11 +425,32 @@ def _signals_as_ctrl_c(received: list[int]) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+#: a negative number, or a comma-separated list of numbers starting with one: `-0.33,-0.25,0,0.5` (a λ grid)
+_NEGATIVE_VALUE = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?(,\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)*,?$")
+
+
+def attach_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--lambdas -0.33,-0.25,0`` as ``--lambdas=-0.33,-0.25,0``.
+
+    argparse takes a word that starts with ``-`` for an option unless it is one plain negative number, so a
+    λ grid that starts below zero (the README's ``--lambdas -0.33,-0.25,0,0.5,1,1.25``) failed with
+    "expected one argument". A long option followed by such a word takes it as its value; thinkctl has no
+    option spelled like a number, so nothing else changes.
+    """
+    out: list[str] = []
+    for word in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and _NEGATIVE_VALUE.match(word):
+            out[-1] = f"{out[-1]}={word}"
+        else:
+            out.append(word)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # everything after a bare `--` is for the program a command wraps (serve: vLLM's server)
     passthrough = argv[argv.index("--") + 1:] if "--" in argv else None
-    own = argv if passthrough is None else argv[: argv.index("--")]
+    own = attach_negative_values(argv if passthrough is None else argv[: argv.index("--")])
     command = next((a for a in own if not a.startswith("-")), "")
     parser = build_parser(command)
     args = parser.parse_args(own)
