@@ -40,7 +40,8 @@ def test_sweep_command_writes_records_summary_and_plot(saved_pair, tmp_path, cap
 def test_generate_and_user_errors_exit_2(saved_pair, tmp_path, capsys) -> None:
     ref, al, _ = saved_pair
     assert main(["generate", "--ref", ref, "--aligned", al, "--lambda", "0.5", "--max-new-tokens", "4", "1 + 1 ="]) == 0
-    assert "## 1 + 1 =" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.startswith("## 1 + 1 =\n--- prompt\nQuestion: 1 + 1 =\nAnswer:\n--- response\n")  # what a sweep asks
     with pytest.raises(SystemExit):
         main(["generate", "--ref", ref, "--lambda", "nan", "x"])
     assert "λ must be finite" in capsys.readouterr().err
@@ -77,6 +78,33 @@ def test_sweep_and_generate_accept_an_inra_checkpoint(saved_pair, tmp_path, caps
     assert "give either --ref" in capsys.readouterr().err
     assert main(["generate", "--inra", str(inra), "--aligned", al, "x"]) == 2
     assert "carries its own fast path" in capsys.readouterr().err
+
+
+def test_every_command_option_and_subcommand_has_help() -> None:
+    import argparse
+
+    from thinkctl.cli import COMMANDS, build_parser
+
+    def walk(parser: argparse.ArgumentParser, name: str):
+        assert parser.description, f"{name} has no description"
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, p in action.choices.items():
+                    yield from walk(p, f"{name} {sub}")
+            elif not isinstance(action, argparse._HelpAction):
+                yield name, action
+
+    missing = [(name, a.option_strings or a.dest) for command in COMMANDS
+               for name, a in walk(build_parser(command)._subparsers._group_actions[0].choices[command], command)
+               if not a.help]
+    assert missing == []
+
+
+def test_demo_help_shows_the_demo_defaults(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: -0.25,0.0,0.25,0.5,0.75,1.0,1.5)" in out and "(default: 300)" in out and "(default: 640)" in out
 
 
 def test_help_says_what_the_tool_does(capsys) -> None:

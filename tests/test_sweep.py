@@ -129,8 +129,12 @@ def test_a_run_records_its_settings_and_refuses_to_resume_under_others(tmp_path)
     assert set(settings["models"]["reference"]["files"]) == {"config.json", "model.safetensors"}
     assert run["context"]["models"] == models
 
-    # same settings, more λ: resumes and only generates the new ones
+    # same settings, more λ and samples: resumes, only generates the new ones, and run.json says what the run holds
     assert sweep_into(out, dataclasses.replace(cfg, lambdas=[0.0, 1.0, 0.5]), models).generated == 6
+    assert sweep_into(out, dataclasses.replace(cfg, lambdas=[0.5], n_samples=2), models).generated == 6
+    context = json.loads((out / "run.json").read_text())["context"]
+    assert (context["lambdas"], context["n_samples"]) == ([0.0, 1.0, 0.5], 2)
+    results_before = (out / "results.jsonl").read_text()
     # a smaller max_new_tokens and retrained aligned weights: refused, naming both with old and new values
     fake_checkpoint(tmp_path / "al", weights=b"v" * 64)
     smaller = dataclasses.replace(cfg, sampling=SamplingConfig(max_new_tokens=32))
@@ -139,14 +143,28 @@ def test_a_run_records_its_settings_and_refuses_to_resume_under_others(tmp_path)
     message = str(err.value)
     assert "sampling.max_new_tokens: 64 (recorded) → 32 (now)" in message
     assert "models.aligned.files.model.safetensors" in message and "--overwrite" in message
-    assert len(read_jsonl(out / "results.jsonl")) == 18  # nothing was mixed in
+    assert (out / "results.jsonl").read_text() == results_before  # nothing was mixed in
 
     # --overwrite moves the earlier results aside and starts afresh
     sweep_into(out, smaller, models, overwrite=True)
     aside = next(out.glob("replaced-*"))
     assert sorted(p.name for p in aside.iterdir()) == ["results.jsonl", "run.json", "summary.csv", "summary.md", "sweep.png"]
-    assert len(read_jsonl(aside / "results.jsonl")) == 18 and len(read_jsonl(out / "results.jsonl")) == 12
+    assert len(read_jsonl(aside / "results.jsonl")) == 24 and len(read_jsonl(out / "results.jsonl")) == 12
     assert json.loads((out / "run.json").read_text())["settings"]["sampling"]["max_new_tokens"] == 32
+
+
+def test_a_fresh_multi_benchmark_run_says_resuming_only_where_it_resumes(tmp_path, caplog) -> None:
+    benches = ",".join(write_benchmark(tmp_path / f"{name}.jsonl", 3) for name in ("first", "second"))
+    cfg = SweepConfig(benchmark=benches, lambdas=[0.0])
+    with caplog.at_level("INFO", logger="thinkctl.sweep"):
+        sweep_into(tmp_path / "run", cfg, {"reference": "some/hub-model"})
+    assert not [r for r in caplog.records if "resuming" in r.getMessage()]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="thinkctl.sweep"):
+        sweep_into(tmp_path / "run", dataclasses.replace(cfg, n_samples=2), {"reference": "some/hub-model"})
+    assert [r.getMessage().split(" in ")[0] for r in caplog.records if "resuming" in r.getMessage()] == [
+        "resuming first/fused", "resuming second/fused"]
+    assert all(r.getMessage().endswith("3 samples done, 3 to go") for r in caplog.records if "resuming" in r.getMessage())
 
 
 def test_results_without_a_settings_record_are_not_resumed_blindly(tmp_path) -> None:

@@ -245,11 +245,14 @@ def _shown(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
-def add_flags(parser: argparse.ArgumentParser, cls: type, exclude: Sequence[str] = ()) -> None:
+def add_flags(
+    parser: argparse.ArgumentParser, cls: type, exclude: Sequence[str] = (), defaults: typing.Mapping[str, Any] | None = None
+) -> None:
     """Add a ``--flag`` per setting of ``cls`` (see :func:`options`), help and default from the field.
 
     Every flag defaults to None, so a value is taken from the command line only when given there and
-    otherwise comes from the recipe or the dataclass (see :func:`flag_values`).
+    otherwise comes from the recipe or the dataclass (see :func:`flag_values`). ``defaults`` (recipe key →
+    value) are the defaults a command applies over the dataclass's (``demo``'s), shown in the help instead.
     """
     groups: dict[str, Any] = {}
     for o in options(cls):
@@ -265,8 +268,9 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, exclude: Sequence[str]
             kwargs["type"] = arg_type(parse or item)
             kwargs["metavar"] = None if kwargs["choices"] else o.flag.lstrip("-").upper().replace("-", "_")
         text = o.meta.get("help", "")
-        if o.default is not _MISSING and o.default not in (None, ""):
-            text += f" (default: {_shown(o.default)})"
+        default = (defaults or {}).get(o.key, o.default)
+        if default is not _MISSING and default not in (None, ""):
+            text += f" (default: {_shown(default)})"
         kwargs["help"] = text.replace("%", "%%")
         exclusive = o.meta.get("exclusive")
         if exclusive and exclusive not in groups:

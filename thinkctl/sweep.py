@@ -131,8 +131,9 @@ def run_sweep(
         for problem in problems
         if (benchmark, method, problem.id, float(lam), s) not in done
     ]
-    if len(done):
-        log.info("resuming %s: %d samples done, %d to go", results_path, len(done), len(todo))
+    here = sum(1 for key in done if key[:2] == (benchmark, method))
+    if here:
+        log.info("resuming %s/%s in %s: %d samples done, %d to go", benchmark, method, results_path, here, len(todo))
     tokenizer = backend.tokenizer
     prompts = {p.id: render_prompt(tokenizer, p.question, prompt) for p in problems}
 
