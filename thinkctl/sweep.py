@@ -1,8 +1,8 @@
 """λ grid × benchmarks → graded per-sample records, resumable, plus a summary table and plot.
 
 Records are appended to ``results.jsonl`` one chunk at a time, so a killed sweep loses at most the
-chunk in flight, and Ctrl-C not even that (the samples finished before it are saved); a rerun reads
-what is there, skips every (benchmark, method, problem, λ, sample) key already recorded and generates
+chunk in flight, and Ctrl-C, SIGTERM or SIGHUP not even that (the samples finished before are saved);
+a rerun reads what is there, skips every (benchmark, method, problem, λ, sample) key already recorded and generates
 only the rest. A run directory records the settings that produced it (``run.json``,
 :mod:`thinkctl.runs`), and a rerun under other settings is refused rather than mixed in. The summary
 files are rewritten atomically at the end.
@@ -115,9 +115,10 @@ def run_sweep(
 
     When sampling, each sample is drawn with its own seed, a hash of the run's seed and its key
     (benchmark, problem id, λ, sample index; :meth:`SamplingConfig.seed_for`), so a resumed run or
-    one extended to more samples gives exactly the records of one uninterrupted run. Work is sent to the backend in chunks of ``chunk_size`` prompts that may mix λ values, so the
-    backend batches across the grid; each chunk's records are appended as soon as it is graded. On
-    Ctrl-C the completions the backend finished are graded and saved too, and :class:`Interrupted`
+    one extended to more samples gives exactly the records of one uninterrupted run. Work is sent to
+    the backend in chunks of ``chunk_size`` prompts that may mix λ values, so the backend batches
+    across the grid; each chunk's records are appended as soon as it is graded. On Ctrl-C (SIGTERM,
+    SIGHUP) the completions the backend finished are graded and saved too, and :class:`Interrupted`
     says where. Returns the path of the results file.
     """
     out_dir = Path(out_dir)

@@ -78,7 +78,7 @@ class HFBackend(RolloutBackend):
         results: dict[int, Completion] = {}
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         try:
-            for idx in (tqdm(batches, desc="generate", unit="batch", disable=not self.progress or len(batches) < 2)):
+            for idx in tqdm(batches, desc="generate", unit="batch", disable=not self.progress or len(batches) < 2):
                 input_ids, mask = pad([encoded[i] for i in idx], self.tokenizer.pad_token_id, left=True)
                 thinking = None
                 if markers is not None:
