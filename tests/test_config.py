@@ -129,3 +129,22 @@ def test_suites_for_real_checkpoints_evaluate_whole_benchmarks_with_the_r1_instr
     assert paper.benchmark == ["aime24", "aime25", "math500"] and paper.n_samples == 8
     assert (paper.sampling.temperature, paper.sampling.top_p, paper.sampling.max_new_tokens) == (0.7, 0.95, 16384)
     assert load_section(SweepConfig, REPO / "evals" / "tiny.yaml", "sweep").prompt.prompt_template == "plain"
+
+
+def test_a_misspelt_recipe_section_is_refused_naming_it(tmp_path):
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text("swep:\n  temperature: 0.7\n  n_samples: 8\ntiny:\n  n_train: 10\n")
+    with pytest.raises(ConfigError, match=r"unknown section\(s\) \['swep'\] \(`swep`: did you mean `sweep`\?\)"):
+        load_section(SweepConfig, recipe, "sweep")
+
+
+def test_negative_lambda_grids_are_taken_as_the_readme_writes_them(capsys):
+    from thinkctl.cli import attach_negative_values, build_parser
+
+    readme = ["sweep", "--ref", "r", "--aligned", "a", "--out", "o", "--lambdas", "-0.33,-0.25,0,0.5,1,1.25"]
+    assert build_parser("sweep").parse_args(attach_negative_values(readme)).lambdas == [-0.33, -0.25, 0.0, 0.5, 1.0, 1.25]
+    for grid, expected in (("-1,0", [-1.0, 0.0]), ("-1", [-1.0]), ("-.5,1e-1", [-0.5, 0.1])):
+        argv = attach_negative_values(["sweep", "--out", "o", "--lambdas", grid])
+        assert build_parser("sweep").parse_args(argv).lambdas == expected, grid
+    assert attach_negative_values(["generate", "--ref", "r", "--lambda", "-0.5", "-1 + 2 ="]) == [
+        "generate", "--ref", "r", "--lambda=-0.5", "-1 + 2 ="]

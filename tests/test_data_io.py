@@ -46,6 +46,17 @@ def test_missing_fields_missing_file_duplicates(tmp_path) -> None:
         load_benchmark(str(dup))
 
 
+@pytest.mark.parametrize("gold, said", [(None, "null"), ("", "empty"), ("  ", "empty")])
+def test_a_null_or_empty_gold_is_refused_naming_the_row(tmp_path, gold, said) -> None:
+    rows = [json.dumps({"id": "a", "question": "1 + 1", "answer": "2"}), json.dumps({"id": "b", "question": "2 + 2", "answer": gold})]
+    path = write_lines(tmp_path / "golds.jsonl", rows)
+    with pytest.raises(DataFormatError, match=rf"golds.jsonl:2: `answer` is {said}; every problem needs"):
+        load_benchmark(str(path))
+    path = write_lines(tmp_path / "gsm.jsonl", [json.dumps({"question": "q", "answer": "work\n#### "})])
+    with pytest.raises(DataFormatError, match="gsm.jsonl:1: `answer` .* holds no final answer"):
+        load_benchmark(str(path))
+
+
 def test_parquet_and_limit(tmp_path) -> None:
     path = tmp_path / "p.parquet"
     pd.DataFrame({"problem": ["a", "b", "c"], "answer": ["1", "2", "3"]}).to_parquet(path)

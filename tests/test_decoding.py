@@ -97,7 +97,7 @@ def test_sampling_is_seeded_and_top_p_truncates(random_pair) -> None:
     b = fused_generate(ref, aligned, ids, mask, 0.5, cfg, STOP)
     assert a.token_ids == b.token_ids
     logits = torch.tensor([[3.0, 2.9, -5.0, -6.0]])
-    draws = {sample_next(logits, SamplingConfig(temperature=1.0, top_p=0.5), torch.Generator().manual_seed(s)).item() for s in range(50)}
+    draws = {sample_next(logits, SamplingConfig(temperature=1.0, top_p=0.5), [torch.Generator().manual_seed(s)]).item() for s in range(50)}
     assert draws == {0}
-    draws = {sample_next(logits, SamplingConfig(temperature=1.0, top_p=0.9), torch.Generator().manual_seed(s)).item() for s in range(50)}
+    draws = {sample_next(logits, SamplingConfig(temperature=1.0, top_p=0.9), [torch.Generator().manual_seed(s)]).item() for s in range(50)}
     assert draws == {0, 1}

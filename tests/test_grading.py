@@ -81,3 +81,11 @@ def test_a_stray_think_token_neither_restarts_nor_counts(word_tokenizer) -> None
     assert count_thinking_tokens(enc("1 + 2 <think> <think> = 3 <|endoftext|>"), word_tokenizer, opened=True) == 5
     # a prompt that did not open one: thinking starts at the response's first <think>
     assert count_thinking_tokens(enc("the answer <think> 1 + 2 </think> 3"), word_tokenizer, opened=False) == 3
+
+
+def test_the_answer_follows_the_first_close_where_thinking_is_counted_to(word_tokenizer) -> None:
+    text = "<think> 2 + 2 </think> the answer is \\boxed{4} . </think> 5"
+    assert extract_answer(text) == "4"  # a stray `</think>` after the answer does not hide it
+    ids = word_tokenizer(text.replace("{4}", "{ 4 }"), add_special_tokens=False)["input_ids"]
+    assert count_thinking_tokens(ids, word_tokenizer) == 3  # `2 + 2`: the block ends at the first `</think>` too
+    assert extract_answer("\\boxed{7} wait </think> \\boxed{8}", opened=True) == "8"

@@ -168,6 +168,7 @@ def test_paper_report_gives_avg_at_k_intervals_and_the_mean_reduction_over_bench
         for s in range(8):
             records += _rows(benchmark, "fused", 0.0, ref_tokens, range(30), sample=s, correct=s < 6)
             records += _rows(benchmark, "fused", 0.5, tokens, range(30), sample=s, correct=s < 5)
+    records += _rows("aime25", "fused", 1.0, 6000, range(30), correct=False, finish_reason="length")  # all cut off
     path = tmp_path / "results.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     table = across_benchmarks(point_summary(load_records([path]))).set_index("λ / policy")
@@ -175,9 +176,23 @@ def test_paper_report_gives_avg_at_k_intervals_and_the_mean_reduction_over_bench
     assert table.loc["λ=0.5", "mean reduction %"] == pytest.approx((25 + 50 + 10) / 3, abs=0.05)
     assert table.loc["λ=0.5", "over benchmarks"] == 3
     assert table.loc["λ=0", "aime24 accuracy %"] == "75.0 [75.0, 75.0]"  # every problem 6 of 8: no spread to resample
+    # a "reduction" measured on lengths the token limit cut is shown beside the share that hit it
+    assert table.loc["λ=1", "aime25 reduction %"] == -20.0 and table.loc["λ=1", "aime25 hit limit %"] == 100.0
+    assert table.loc["λ=0.5", "aime25 hit limit %"] == 0.0
     md = build_report([path], tmp_path / "rep").read_text(encoding="utf-8")
-    assert "## All benchmarks" in md and "| fused | λ=0.5 | 62.5 [62.5, 62.5] | 25 |" in md
+    assert "## All benchmarks" in md and "| fused | λ=0.5 | 62.5 [62.5, 62.5] | 25 | 0 |" in md
     assert "| fused | λ=0 | 30 × 8 | 75 |" in md
+
+
+def test_a_report_names_its_inputs_relative_to_where_it_is_written(tmp_path, monkeypatch):
+    run = tmp_path / "runs" / "sweep"
+    run.mkdir(parents=True)
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows("b", "fused", 0.0, 10, range(3))))
+    monkeypatch.chdir(tmp_path)
+    md = build_report(["runs/sweep"], tmp_path / "runs" / "report").read_text(encoding="utf-8")
+    html = (tmp_path / "runs" / "report" / "report.html").read_text(encoding="utf-8")
+    assert "3 records from `../sweep/results.jsonl`." in md and "3 records from ../sweep/results.jsonl." in html
+    assert str(tmp_path) not in md and str(tmp_path) not in html
 
 
 def test_accuracy_axis_fits_the_data_and_lambda_labels_never_overlap():

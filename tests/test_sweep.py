@@ -29,7 +29,7 @@ class ScriptedBackend(RolloutBackend):
         self.calls = 0
         self.generated = 0
 
-    def generate(self, prompts: Sequence[str], lam, sampling: SamplingConfig) -> list[Completion]:
+    def generate(self, prompts: Sequence[str], lam, sampling: SamplingConfig, seeds=None) -> list[Completion]:
         if self.crash_after is not None and self.calls >= self.crash_after:
             raise KeyboardInterrupt("killed")
         self.calls += 1
@@ -129,8 +129,12 @@ def test_a_run_records_its_settings_and_refuses_to_resume_under_others(tmp_path)
     assert set(settings["models"]["reference"]["files"]) == {"config.json", "model.safetensors"}
     assert run["context"]["models"] == models
 
-    # same settings, more λ: resumes and only generates the new ones
+    # same settings, more λ and samples: resumes, only generates the new ones, and run.json says what the run holds
     assert sweep_into(out, dataclasses.replace(cfg, lambdas=[0.0, 1.0, 0.5]), models).generated == 6
+    assert sweep_into(out, dataclasses.replace(cfg, lambdas=[0.5], n_samples=2), models).generated == 6
+    context = json.loads((out / "run.json").read_text())["context"]
+    assert (context["lambdas"], context["n_samples"]) == ([0.0, 1.0, 0.5], 2)
+    results_before = (out / "results.jsonl").read_text()
     # a smaller max_new_tokens and retrained aligned weights: refused, naming both with old and new values
     fake_checkpoint(tmp_path / "al", weights=b"v" * 64)
     smaller = dataclasses.replace(cfg, sampling=SamplingConfig(max_new_tokens=32))
@@ -139,14 +143,28 @@ def test_a_run_records_its_settings_and_refuses_to_resume_under_others(tmp_path)
     message = str(err.value)
     assert "sampling.max_new_tokens: 64 (recorded) → 32 (now)" in message
     assert "models.aligned.files.model.safetensors" in message and "--overwrite" in message
-    assert len(read_jsonl(out / "results.jsonl")) == 18  # nothing was mixed in
+    assert (out / "results.jsonl").read_text() == results_before  # nothing was mixed in
 
     # --overwrite moves the earlier results aside and starts afresh
     sweep_into(out, smaller, models, overwrite=True)
     aside = next(out.glob("replaced-*"))
     assert sorted(p.name for p in aside.iterdir()) == ["results.jsonl", "run.json", "summary.csv", "summary.md", "sweep.png"]
-    assert len(read_jsonl(aside / "results.jsonl")) == 18 and len(read_jsonl(out / "results.jsonl")) == 12
+    assert len(read_jsonl(aside / "results.jsonl")) == 24 and len(read_jsonl(out / "results.jsonl")) == 12
     assert json.loads((out / "run.json").read_text())["settings"]["sampling"]["max_new_tokens"] == 32
+
+
+def test_a_fresh_multi_benchmark_run_says_resuming_only_where_it_resumes(tmp_path, caplog) -> None:
+    benches = ",".join(write_benchmark(tmp_path / f"{name}.jsonl", 3) for name in ("first", "second"))
+    cfg = SweepConfig(benchmark=benches, lambdas=[0.0])
+    with caplog.at_level("INFO", logger="thinkctl.sweep"):
+        sweep_into(tmp_path / "run", cfg, {"reference": "some/hub-model"})
+    assert not [r for r in caplog.records if "resuming" in r.getMessage()]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="thinkctl.sweep"):
+        sweep_into(tmp_path / "run", dataclasses.replace(cfg, n_samples=2), {"reference": "some/hub-model"})
+    assert [r.getMessage().split(" in ")[0] for r in caplog.records if "resuming" in r.getMessage()] == [
+        "resuming first/fused", "resuming second/fused"]
+    assert all(r.getMessage().endswith("3 samples done, 3 to go") for r in caplog.records if "resuming" in r.getMessage())
 
 
 def test_results_without_a_settings_record_are_not_resumed_blindly(tmp_path) -> None:
@@ -177,7 +195,7 @@ def test_ctrl_c_saves_the_finished_samples_of_the_chunk_in_flight(tmp_path, monk
     answer = tokenizer("<think> 1 </think> \\boxed{ 1 }", add_special_tokens=False)["input_ids"]
     calls = []
 
-    def fake_generate(reference, aligned, input_ids, mask, lams, sampling, stop, thinking=None):
+    def fake_generate(reference, aligned, input_ids, mask, lams, sampling, stop, thinking=None, seeds=None):
         calls.append(len(lams))
         if len(calls) == 3:
             raise KeyboardInterrupt
@@ -192,6 +210,49 @@ def test_ctrl_c_saves_the_finished_samples_of_the_chunk_in_flight(tmp_path, monk
     calls.clear()
     run_sweep(backend, problems, [0.0], SamplingConfig(), tmp_path, benchmark="toy", chunk_size=8)
     assert sum(calls) == 4 and len({r["problem_id"] for r in read_jsonl(tmp_path / "results.jsonl")}) == 8
+
+
+def test_sampled_sweeps_resumed_or_grown_give_the_records_of_one_uninterrupted_run(tmp_path, random_pair, monkeypatch) -> None:
+    import thinkctl.rollout.hf as hf
+
+    ref, al = random_pair
+    tokenizer = make_word_tokenizer()
+    sampling = SamplingConfig(max_new_tokens=6, temperature=0.7, top_p=0.95, seed=5)
+    problems, lambdas = PROBLEMS[:4], [0.0, 1.0]
+
+    def sweep(out, n_samples, chunk_size=5):
+        backend = hf.HFBackend(ref, al, tokenizer, batch_size=3, progress=False)
+        run_sweep(backend, problems, lambdas, sampling, tmp_path / out, benchmark="toy", n_samples=n_samples,
+                  chunk_size=chunk_size, summarize=False)
+
+    def records(out):
+        return sorted(read_jsonl(tmp_path / out / "results.jsonl"), key=lambda r: (r["problem_id"], r["lam"], r["sample"]))
+
+    sweep("whole", 4)
+    whole = records("whole")
+    assert len(whole) == 32
+    by_sample = {s: [r["response"] for r in whole if r["sample"] == s] for s in range(4)}
+    assert by_sample[0] != by_sample[2] and by_sample[1] != by_sample[3] and by_sample[0] != by_sample[1]
+
+    sweep("grown", 2)
+    sweep("grown", 4, chunk_size=3)  # other chunks, other batches: the seeds follow the keys
+    assert records("grown") == whole
+
+    real, calls = hf.fused_generate, []
+
+    def interrupted_mid_chunk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hf, "fused_generate", interrupted_mid_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        sweep("resumed", 4)
+    assert 0 < len(read_jsonl(tmp_path / "resumed" / "results.jsonl")) < 32
+    monkeypatch.setattr(hf, "fused_generate", real)
+    sweep("resumed", 4)
+    assert records("resumed") == whole
 
 
 def test_device_and_dtype_default_to_the_best_available(monkeypatch) -> None:
@@ -211,7 +272,7 @@ def test_device_and_dtype_default_to_the_best_available(monkeypatch) -> None:
 class CutOffBackend(ScriptedBackend):
     """Like ScriptedBackend, but at λ = 0 the even problems run out of tokens mid-thought, a box already written."""
 
-    def generate(self, prompts, lam, sampling):
+    def generate(self, prompts, lam, sampling, seeds=None):
         out = super().generate(prompts, lam, sampling)
         for i, (prompt, completion) in enumerate(zip(prompts, out)):
             n = int(prompt.split()[1])

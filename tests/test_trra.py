@@ -235,7 +235,7 @@ class LengthBackend(RolloutBackend):
         self.length = length
         self.calls: list[float] = []
 
-    def generate(self, prompts: Sequence[str], lam, sampling: SamplingConfig) -> list[Completion]:
+    def generate(self, prompts: Sequence[str], lam, sampling: SamplingConfig, seeds=None) -> list[Completion]:
         lams = [lam] * len(prompts) if isinstance(lam, (int, float)) else list(lam)
         out = []
         for prompt, l in zip(prompts, lams):

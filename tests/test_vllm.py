@@ -178,15 +178,37 @@ def test_pair_dir_refuses_models_of_different_shape(tmp_path):
         write_pair_dir(tmp_path / "ref", tmp_path / "al", tmp_path / "pair")
 
 
+def keyed_sweeps(backend, root: Path) -> dict[str, list[dict]]:
+    """The records of a sampled 4-sample sweep run whole, and grown from 2 samples to 4 in other chunks."""
+    from thinkctl.data import Problem
+    from thinkctl.io import read_jsonl
+    from thinkctl.sweep import run_sweep
+
+    problems = [Problem(f"q{i}", f"{i} + {i + 1}", str(2 * i + 1)) for i in range(3)]
+    sampling = SamplingConfig(max_new_tokens=8, temperature=0.7, top_p=0.95, seed=5)
+    out: dict[str, list[dict]] = {}
+    for name, steps in (("whole", [(4, 5)]), ("grown", [(2, 5), (4, 3)])):
+        for n_samples, chunk_size in steps:
+            run_sweep(backend, problems, [0.0], sampling, root / name, benchmark="toy", method="plain",
+                      n_samples=n_samples, chunk_size=chunk_size, summarize=False)
+        out[name] = sorted(read_jsonl(root / name / "results.jsonl"), key=lambda r: (r["problem_id"], r["sample"]))
+    return out
+
+
 @pytest.fixture(scope="module")
-def plain(ckpts):
-    """Plain-model vLLM results (greedy, sampled twice) and the error for λ ≠ 0 without a second stream."""
+def plain(ckpts, tmp_path_factory):
+    """Plain-model vLLM results (greedy, sampled twice, sampled with seeds in two orders, sampled sweeps) and
+    the error for λ ≠ 0 without a second stream."""
     backend = make_backend("vllm", str(ckpts["base"]), dtype="float32", device="cpu", batch_size=16, max_model_len=256)
+    seeds = list(range(100, 100 + len(PROMPTS)))
     try:
         res = {
             "tokenizer": backend.tokenizer,
             "greedy": backend.generate(PROMPTS, 0.0, GREEDY),
             "sampled": [backend.generate(PROMPTS, 0.0, SAMPLED) for _ in range(2)],
+            "seeded": backend.generate(PROMPTS, 0.0, SAMPLED, seeds=seeds),
+            "seeded_reversed": backend.generate(PROMPTS[::-1], 0.0, SAMPLED, seeds=seeds[::-1])[::-1],
+            "sweeps": keyed_sweeps(backend, tmp_path_factory.mktemp("vllm_sweeps")),
             "budgets": budget_runs(backend, 0.0),
         }
         with pytest.raises(ConfigError, match="second stream"):
@@ -222,6 +244,18 @@ def test_plain_vllm_sampling_is_seeded(plain):
     assert _ids(first) == _ids(second)
     assert _ids(first) != _ids(plain["greedy"])
     assert all(c.finish_reason in ("stop", "length") and 1 <= c.num_tokens <= SAMPLED.max_new_tokens for c in first)
+
+
+def test_plain_vllm_seeds_follow_the_prompt_not_its_place_in_the_call(plain):
+    assert _ids(plain["seeded"]) == _ids(plain["seeded_reversed"])
+    assert _ids(plain["seeded"]) != _ids(plain["sampled"][0])
+
+
+def test_a_sampled_vllm_sweep_grown_from_2_to_4_samples_repeats_no_draw(plain):
+    whole, grown = plain["sweeps"]["whole"], plain["sweeps"]["grown"]
+    assert len(whole) == 12 and grown == whole
+    responses = {pid: [r["response"] for r in whole if r["problem_id"] == pid] for pid in ("q0", "q1", "q2")}
+    assert any(len(set(rs)) == 4 for rs in responses.values()), responses
 
 
 @pytest.fixture(scope="module")

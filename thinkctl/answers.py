@@ -3,8 +3,9 @@
 Both sides of grading read answers the same way (the last ``\\boxed{}``, else GSM8K's ``#### x``
 line), so they live here once, below the data loaders and the grader that use them.
 
-A response's answer is what follows its think block. A box inside the block is a thought, not an
-answer, and a response whose block never closed (cut off by the token limit, usually) has no answer
+A response's answer is what follows its think block, which ends at its first ``</think>`` (where
+:mod:`thinkctl.thinking` stops counting thinking tokens, and where a thinking budget closes it). A box
+inside the block is a thought, not an answer, and a response whose block never closed (cut off by the token limit, usually) has no answer
 at all: grading a ``\\boxed{}`` found mid-thought would credit a guess the model had not committed to.
 """
 
@@ -50,7 +51,7 @@ def final_answer_text(text: str, opened: bool = False) -> str | None:
     closed = thinking_closed(text, opened)
     if closed is None:
         return text
-    return text.rsplit(THINK_CLOSE, 1)[1] if closed else None
+    return text.split(THINK_CLOSE, 1)[1] if closed else None  # the block ends at its first `</think>`, as counted
 
 
 def extract_answer(text: str, opened: bool = False) -> str | None:

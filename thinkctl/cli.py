@@ -3,16 +3,21 @@
 A command's settings are the fields of its job's config dataclass: :func:`thinkctl.config.add_flags`
 generates the flags from them, and :func:`thinkctl.config.load_section` merges a ``--recipe`` section
 with the flags given. User errors (:class:`thinkctl.errors.ThinkctlError`) are printed as one line
-and exit with status 2; Ctrl-C prints one line (where the saved work is) and exits with 130; anything
-else is a bug and keeps its traceback.
+and exit with status 2; Ctrl-C prints one line (where the saved work is) and exits with 130, and SIGTERM and
+SIGHUP do the same with 143 and 129 (128 + the signal's number, as the shell reports a process killed by
+it); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import re
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -158,8 +163,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
     backend = _models(args, cfg.backend, [cfg.lambda_]).open()
     try:
         prompts = [render_prompt(backend.tokenizer, q, cfg.prompt) for q in args.question]
-        for question, completion in zip(args.question, backend.generate(prompts, cfg.lambda_, cfg.sampling)):
-            print(f"## {question}\n{completion.text}\n[{completion.num_tokens} tokens, {completion.finish_reason}]\n")
+        for question, prompt, completion in zip(args.question, prompts, backend.generate(prompts, cfg.lambda_, cfg.sampling)):
+            # the prompt as the model sees it (what a sweep with these settings asks), then the response that
+            # continues it: a response starting with `</think>` closes the block the prompt opened
+            print(f"## {question}\n--- prompt\n{prompt}\n--- response\n{completion.text}\n"
+                  f"[{completion.num_tokens} tokens, {completion.finish_reason}]\n")
     finally:
         backend.close()
 
@@ -261,7 +269,7 @@ def _args_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tiny-dir", dest="tiny_dir", help="tiny pair directory (default $THINKCTL_HOME/tiny)")
     p.add_argument("--recipe", help="YAML recipe whose `tiny:` and `sweep:` sections set the defaults")
     _add_overwrite(p)
-    add_flags(p, SweepConfig)
+    add_flags(p, SweepConfig, defaults=DEMO_DEFAULTS)
     p.set_defaults(func=cmd_demo)
 
 
@@ -285,7 +293,7 @@ def _add_overwrite(p: argparse.ArgumentParser) -> None:
 def _args_generate(p: argparse.ArgumentParser) -> None:
     _add_models(p)
     add_flags(p, GenerateConfig)
-    p.add_argument("question", nargs="+")
+    p.add_argument("question", nargs="+", help="one or more questions, each answered on its own")
     p.set_defaults(func=cmd_generate)
 
 
@@ -324,10 +332,14 @@ def _args_route(p: argparse.ArgumentParser) -> None:
         q.add_argument("--method", help="method of the sweep records to use (default: the only one)")
         q.add_argument("--benchmark", help="benchmark of the sweep records to use (default: the only one)")
 
-    q = route_sub.add_parser("fit", help="calibrate a router on a λ sweep and save its policy")
+    def add_parser(name: str, text: str) -> argparse.ArgumentParser:
+        return route_sub.add_parser(name, help=text, description=text)
+
+    q = add_parser("fit", "calibrate a router on a λ sweep and save its policy")
     q.add_argument("--sweep", nargs="+", required=True, help="results.jsonl file(s) or run directories")
     q.add_argument("--out", required=True, help="policy file (.json, or .yaml)")
-    q.add_argument("--estimator", choices=["logistic", "bins"], default="logistic")
+    q.add_argument("--estimator", choices=["logistic", "bins"], default="logistic",
+                   help="how P(correct) and thinking length per λ are predicted: logistic (a regression per λ on the features, the default) or bins (smoothed accuracy per difficulty bin and λ, counted from the sweep)")
     q.add_argument("--threshold", type=float, default=0.5, help="route to the cheapest λ with P(correct) ≥ this")
     q.add_argument("--features", help="comma-separated subset of level,n_chars,n_numbers,n_op_words,entropy")
     q.add_argument("--entropy-model", dest="entropy_model", help="model whose next-token entropy is a feature")
@@ -336,16 +348,16 @@ def _args_route(p: argparse.ArgumentParser) -> None:
     add_questions(q)
     q.set_defaults(func=cmd_route_fit)
 
-    q = route_sub.add_parser("apply", help="λ per query of a JSONL file (question, optional id/level)")
-    q.add_argument("--policy", required=True)
+    q = add_parser("apply", "λ per query of a JSONL file (question, optional id/level)")
+    q.add_argument("--policy", required=True, help="router policy file written by `thinkctl route fit`")
     q.add_argument("--input", required=True, help="JSONL with question/problem/prompt per line")
     q.add_argument("--out", help="write JSONL rows (id, lam, p_correct, predicted_thinking_tokens) here")
     q.add_argument("--budget", type=float, help="mean thinking tokens per query to spend (budget mode)")
     q.add_argument("--entropy-model", dest="entropy_model", help="override the policy's entropy model path")
     q.set_defaults(func=cmd_route_apply)
 
-    q = route_sub.add_parser("eval", help="compare routing with every fixed λ on a held-out sweep (by lookup)")
-    q.add_argument("--policy", required=True)
+    q = add_parser("eval", "compare routing with every fixed λ on a held-out sweep (by lookup)")
+    q.add_argument("--policy", required=True, help="router policy file written by `thinkctl route fit`")
     q.add_argument("--sweep", nargs="+", required=True, help="held-out sweep: every λ of the policy on the same queries")
     q.add_argument("--out", required=True, help="directory for routed.jsonl, route_eval.md/csv")
     add_questions(q)
@@ -355,7 +367,7 @@ def _args_route(p: argparse.ArgumentParser) -> None:
 def _args_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", help="run directories (results.jsonl, routed.jsonl) or JSONL files")
     p.add_argument("--out", required=True, help="output directory (report.md, report.html, *.png)")
-    p.add_argument("--title", default="thinkctl report")
+    p.add_argument("--title", default="thinkctl report", help="the report's heading (default: thinkctl report)")
     p.set_defaults(func=cmd_report)
 
 
@@ -366,9 +378,9 @@ def _args_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model dir: plain, InRa checkpoint, or the reference when --aligned is given")
     p.add_argument("--aligned", help="aligned model: serve the pair fused (λ per request)")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1; other hosts need an API key (-- --api-key K)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     p.add_argument("--dtype", help="default: float32 on CPU, vLLM's choice on GPU")
-    p.add_argument("--max-model-len", type=int, dest="max_model_len")
+    p.add_argument("--max-model-len", type=int, dest="max_model_len", help="longest prompt + response in tokens (default: vLLM's)")
     p.add_argument("--gpu-memory-utilization", type=float, dest="gpu_memory_utilization", help="default 0.3 on CPU")
     p.add_argument("--served-model-name", dest="served_model_name", help="default: the MODEL argument")
     p.add_argument("--effort", help="reasoning_effort → λ: low=1.0,medium=0.5,high=0, an effort table (.json) or a "
@@ -414,11 +426,56 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+#: signals that stop a job like Ctrl-C (cluster schedulers preempt with SIGTERM; a closed terminal sends SIGHUP)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def _signals_as_ctrl_c(received: list[int]) -> Iterator[None]:
+    """While inside, SIGTERM and SIGHUP raise KeyboardInterrupt (recording the signal in ``received``), so
+    jobs save their finished work exactly as on Ctrl-C; the previous handlers come back after."""
+
+    def handler(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+#: a negative number, or a comma-separated list of numbers starting with one: `-0.33,-0.25,0,0.5` (a λ grid)
+_NEGATIVE_VALUE = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?(,\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)*,?$")
+
+
+def attach_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--lambdas -0.33,-0.25,0`` as ``--lambdas=-0.33,-0.25,0``.
+
+    argparse takes a word that starts with ``-`` for an option unless it is one plain negative number, so a
+    λ grid that starts below zero (the README's ``--lambdas -0.33,-0.25,0,0.5,1,1.25``) failed with
+    "expected one argument". A long option followed by such a word takes it as its value; thinkctl has no
+    option spelled like a number, so nothing else changes.
+    """
+    out: list[str] = []
+    for word in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and _NEGATIVE_VALUE.match(word):
+            out[-1] = f"{out[-1]}={word}"
+        else:
+            out.append(word)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # everything after a bare `--` is for the program a command wraps (serve: vLLM's server)
     passthrough = argv[argv.index("--") + 1:] if "--" in argv else None
-    own = argv if passthrough is None else argv[: argv.index("--")]
+    own = attach_negative_values(argv if passthrough is None else argv[: argv.index("--")])
     command = next((a for a in own if not a.startswith("-")), "")
     parser = build_parser(command)
     args = parser.parse_args(own)
@@ -427,14 +484,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"`thinkctl {args.command}` takes no options after `--` (only `thinkctl serve` does)")
         args.passthrough = passthrough
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    received: list[int] = []
     try:
-        args.func(args)
+        with _signals_as_ctrl_c(received):
+            args.func(args)
     except ThinkctlError as e:
         print(f"thinkctl: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:  # Ctrl-C: jobs save what they finished (Interrupted says where); no traceback
-        print(f"thinkctl: {e}" if isinstance(e, Interrupted) else "thinkctl: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP: jobs save what they finished (Interrupted says where)
+        stopped = f"{signal.Signals(received[0]).name} received; " if received else ""
+        print(f"thinkctl: {stopped}{e if isinstance(e, Interrupted) else 'interrupted'}", file=sys.stderr)
+        return 128 + received[0] if received else 130  # the shell's status for death by that signal (Ctrl-C: SIGINT)
     return 0
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -153,8 +154,15 @@ def _compose(cls: type, values: dict[str, Any], prefix: str, instance: Any) -> A
     return dataclasses.replace(instance, **kwargs) if instance is not None else cls(**kwargs)
 
 
+#: every section a recipe may hold, and the commands that read it: ``tiny`` (tiny build, demo), ``sweep``
+#: (sweep, demo), ``realign`` and ``trra`` (realign), ``inra`` (inra train). A recipe may hold several, so
+#: each command reads its own and the others are let be; a section outside these is a typo.
+RECIPE_SECTIONS = ("tiny", "sweep", "realign", "trra", "inra")
+
+
 def read_recipe(path: str | Path) -> dict[str, Any]:
-    """The parsed YAML mapping of a recipe file."""
+    """The parsed YAML mapping of a recipe file; a section no command reads is an error naming it
+    (a misspelt ``swep:`` would otherwise run on defaults without a word)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe file does not exist: {path}")
@@ -164,6 +172,12 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    unknown = [str(k) for k in data if k not in RECIPE_SECTIONS]
+    if unknown:
+        hints = "".join(
+            f" (`{k}`: did you mean `{close[0]}`?)" for k in unknown if (close := difflib.get_close_matches(k, RECIPE_SECTIONS, 1))
+        )
+        raise ConfigError(f"{path}: unknown section(s) {unknown}{hints}; recipe sections are {list(RECIPE_SECTIONS)}")
     return data
 
 
@@ -231,11 +245,14 @@ def _shown(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
-def add_flags(parser: argparse.ArgumentParser, cls: type, exclude: Sequence[str] = ()) -> None:
+def add_flags(
+    parser: argparse.ArgumentParser, cls: type, exclude: Sequence[str] = (), defaults: typing.Mapping[str, Any] | None = None
+) -> None:
     """Add a ``--flag`` per setting of ``cls`` (see :func:`options`), help and default from the field.
 
     Every flag defaults to None, so a value is taken from the command line only when given there and
-    otherwise comes from the recipe or the dataclass (see :func:`flag_values`).
+    otherwise comes from the recipe or the dataclass (see :func:`flag_values`). ``defaults`` (recipe key →
+    value) are the defaults a command applies over the dataclass's (``demo``'s), shown in the help instead.
     """
     groups: dict[str, Any] = {}
     for o in options(cls):
@@ -251,8 +268,9 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, exclude: Sequence[str]
             kwargs["type"] = arg_type(parse or item)
             kwargs["metavar"] = None if kwargs["choices"] else o.flag.lstrip("-").upper().replace("-", "_")
         text = o.meta.get("help", "")
-        if o.default is not _MISSING and o.default not in (None, ""):
-            text += f" (default: {_shown(o.default)})"
+        default = (defaults or {}).get(o.key, o.default)
+        if default is not _MISSING and default not in (None, ""):
+            text += f" (default: {_shown(default)})"
         kwargs["help"] = text.replace("%", "%%")
         exclusive = o.meta.get("exclusive")
         if exclusive and exclusive not in groups:

@@ -12,6 +12,7 @@ rest of thinkctl sees one schema.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -76,13 +77,28 @@ def problem_from_record(record: dict[str, Any], index: int, source: str) -> Prob
         missing = "a question field (question/problem/prompt)" if question_key is None else "an answer field (answer/gold/solution)"
         raise DataFormatError(f"{source}: record has no {missing}; keys are {sorted(record)}")
     id_key = first_key(record, ID_KEYS)
+    question, raw_answer = record[question_key], record[answer_key]
+    for key, value in ((question_key, question), (answer_key, raw_answer)):
+        if _is_blank(value):
+            raise DataFormatError(
+                f"{source}: `{key}` is {'null' if value is None or isinstance(value, float) else 'empty'}; every problem "
+                "needs a question and a gold answer (a null gold would be graded as the text 'None', an empty one never matches)"
+            )
+    answer = gold_answer(str(raw_answer), from_solution=answer_key == "solution")
+    if not answer:
+        raise DataFormatError(f"{source}: `{answer_key}` {str(raw_answer)[:60]!r} holds no final answer")
     return Problem(
         id=str(record[id_key]) if id_key else str(index),
-        question=str(record[question_key]),
-        answer=gold_answer(str(record[answer_key]), from_solution=answer_key == "solution"),
+        question=str(question),
+        answer=answer,
         level=_parse_level(record.get("level")),
         source=source,
     )
+
+
+def _is_blank(value: Any) -> bool:
+    """A missing value as datasets write it: null, NaN (pandas/parquet), or text of only whitespace."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
 
 
 def read_local_rows(path: Path, what: str = "benchmark file") -> list[dict[str, Any]]:

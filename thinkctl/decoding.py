@@ -130,9 +130,13 @@ class _StreamState:
 
 
 def sample_next(
-    logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None
+    logits: torch.Tensor, sampling: SamplingConfig, generators: Sequence[torch.Generator] | None = None
 ) -> torch.Tensor:
-    """Pick one token per row: argmax when greedy, else temperature + nucleus (top-p) sampling."""
+    """Pick one token per row: argmax when greedy, else temperature + nucleus (top-p) sampling.
+
+    Each row draws from its own generator (one per row, in row order), so what a row samples depends
+    on its seed alone, not on which other rows share the batch or in what order.
+    """
     if sampling.greedy:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits / sampling.temperature, dim=-1)
@@ -141,7 +145,11 @@ def sample_next(
         outside = sorted_probs.cumsum(-1) - sorted_probs > sampling.top_p
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if generators is None:
+        return torch.multinomial(probs, 1).squeeze(-1)
+    if len(generators) != probs.shape[0]:
+        raise ValueError(f"got {len(generators)} generators for {probs.shape[0]} rows")
+    return torch.cat([torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generators)])
 
 
 @torch.no_grad()
@@ -154,12 +162,14 @@ def fused_generate(
     sampling: SamplingConfig,
     stop_token_ids: Sequence[int],
     thinking: ThinkingControl | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> GenerationResult:
     """Generate from ``λ·z_aligned + (1−λ)·z_ref`` for a left-padded batch of prompts.
 
     ``aligned`` may be None only when every λ is 0 (plain decoding of ``ref``). ``lam`` is one float
-    or one value per row; ``thinking`` (one state per row) bounds the think block. Returns tokens per
-    row in input order.
+    or one value per row; ``thinking`` (one state per row) bounds the think block. When sampling, row
+    ``i`` draws from its own generator seeded with ``seeds[i]`` (default: ``sampling.seed + i``), so a
+    sequence's draws do not depend on its batch. Returns tokens per row in input order.
     """
     batch = input_ids.shape[0]
     device = input_ids.device
@@ -170,9 +180,12 @@ def fused_generate(
     if aligned is None and bool((lams != 0).any()):
         raise ValueError("λ ≠ 0 needs an aligned stream; only a reference was given")
     stop = torch.as_tensor(list(stop_token_ids), device=device)
-    generator = None
+    generators: list[torch.Generator] = []
     if not sampling.greedy:
-        generator = torch.Generator(device=device).manual_seed(sampling.seed)
+        seeds = [sampling.derive(i).seed for i in range(batch)] if seeds is None else list(seeds)
+        if len(seeds) != batch:
+            raise ValueError(f"got {len(seeds)} seeds for a batch of {batch}")
+        generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
 
     streams = {"ref": _StreamState(ref)}
     if aligned is not None:
@@ -209,7 +222,7 @@ def fused_generate(
         assert logits is not None
         if thinking is not None:
             logits = thinking.constrain(logits)
-        next_tokens = sample_next(logits, sampling, generator)
+        next_tokens = sample_next(logits, sampling, [generators[i] for i in rows.tolist()] if generators else None)
         if thinking is not None:
             for i in rows[thinking.advance(next_tokens)].tolist():
                 forced[i] = True

@@ -7,10 +7,11 @@ CLI can print it without a traceback from deep inside torch.
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C stopped a long job after it saved its completed work; the message says where and how to resume.
+    """Ctrl-C (or SIGTERM, SIGHUP) stopped a long job after it saved its completed work; the message says
+    where and how to resume.
 
     A KeyboardInterrupt, so callers that stop on Ctrl-C still stop; the CLI prints the message as one
-    line and exits with status 130 instead of a traceback.
+    line and exits with status 130 (SIGTERM 143, SIGHUP 129) instead of a traceback.
     """
 
 

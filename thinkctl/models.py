@@ -35,14 +35,26 @@ def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
 
 
 def _looks_like_path(name_or_path: str) -> bool:
-    return name_or_path.startswith((".", "/", "~")) or Path(name_or_path).exists()
+    """Whether ``name_or_path`` means a local path rather than a hub repo id (``name`` or ``org/name``).
+
+    Anything a hub id cannot be is a path: an explicit ``.``/``/``/``~`` start, more than one ``/``,
+    a backslash, or an ``org/`` part that is a local directory (``runs/refernce`` when ``runs/`` exists).
+    So a mistyped local path is reported as missing at once instead of after a minute of hub retries.
+    """
+    if name_or_path.startswith((".", "/", "~")) or "\\" in name_or_path or Path(name_or_path).exists():
+        return True
+    parts = name_or_path.split("/")
+    return len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir())
 
 
 def _check_source(name_or_path: str) -> None:
     """Fail early and clearly on a local path that does not exist (instead of a hub lookup error)."""
     path = Path(name_or_path).expanduser()
     if _looks_like_path(name_or_path) and not path.exists():
-        raise ModelLoadError(f"model path does not exist: {path}")
+        parent = next((p for p in path.parents if p.is_dir()), Path("."))
+        shown = parent not in (Path("."), Path(parent.anchor))
+        where = f" ({parent} holds {sorted(c.name for c in parent.iterdir())[:12]})" if shown else ""
+        raise ModelLoadError(f"model path does not exist: {path}{where}")
     if path.is_dir() and not (path / "config.json").is_file():
         raise ModelLoadError(f"{path} is not a model directory: it has no config.json")
 

@@ -391,9 +391,10 @@ def _report_tables(points: pd.DataFrame, records: pd.DataFrame) -> dict[str, lis
 
 
 def across_benchmarks(points: pd.DataFrame) -> pd.DataFrame:
-    """One row per method and λ / policy: each benchmark's avg@k accuracy [95% CI] and thinking reduction
-    vs its reference, then the mean of the reductions over the benchmarks that have one (the headline
-    number of papers that report several benchmarks)."""
+    """One row per method and λ / policy: each benchmark's avg@k accuracy [95% CI], thinking reduction
+    vs its reference and share of samples that hit the token limit (a reduction measured on capped
+    lengths is no reduction), then the mean of the reductions over the benchmarks that have one (the
+    headline number of papers that report several benchmarks)."""
     benchmarks = sorted(points["benchmark"].unique())
     rows = []
     for (method, point), g in points.groupby(["method", "point"], sort=False):
@@ -403,6 +404,7 @@ def across_benchmarks(points: pd.DataFrame) -> pd.DataFrame:
             has = b in by_benchmark.index
             row[f"{b} accuracy %"] = _accuracy_cell(by_benchmark.loc[b]) if has else ""
             row[f"{b} reduction %"] = round(float(by_benchmark.loc[b, "token_reduction_pct"]), 1) if has else float("nan")
+            row[f"{b} hit limit %"] = round(100 * float(by_benchmark.loc[b, "hit_limit"]), 1) if has else float("nan")
         reductions = g["token_reduction_pct"].dropna()
         row["mean reduction %"] = round(float(reductions.mean()), 1) if len(reductions) else float("nan")
         row["over benchmarks"] = len(reductions)
@@ -417,6 +419,15 @@ def _md_table(df: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
+
+
+def _relative_to(path: Path, out_dir: Path) -> str:
+    """``path`` as seen from ``out_dir`` (where the report lies), so a report names its inputs the same on every
+    machine it is copied to instead of leaking the absolute paths of the one it was made on."""
+    try:
+        return Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix()
+    except ValueError:  # another drive (Windows): no relative path exists
+        return path.name
 
 
 def build_report(
@@ -445,7 +456,8 @@ def build_report(
         sections = {"All benchmarks": [("Accuracy and thinking reduction per benchmark, and the mean reduction",
                                         across_benchmarks(points))], **sections}
 
-    sources = ", ".join(f"`{p}`" for p in paths)
+    shown = [_relative_to(p, out_dir) for p in paths]
+    sources = ", ".join(f"`{p}`" for p in shown)
     intro = ("Accuracy is avg@k: each problem's k samples are averaged, then the problems; the 95% interval resamples "
              "problems (bootstrap). Thinking reduction is against the reference, on the problems both have: the fused "
              "pair at λ = 0 of the same benchmark (for an InRa dial its own λ = 0, the base model), for every method, "
@@ -454,7 +466,7 @@ def build_report(
              "'hit limit %' is the share of samples cut off by max_new_tokens: where it is high, a mean length is the "
              "cap in disguise. λ = 0 is the reference model, λ = 1 the aligned model; routed rows mix λ per query.")
     md = [f"# {title}", "", f"{len(records)} records from {sources}.", "", intro, ""]
-    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{len(records)} records from {html.escape(', '.join(map(str, paths)))}.</p>",
+    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{len(records)} records from {html.escape(', '.join(shown))}.</p>",
             f"<p>{html.escape(intro).replace('`', '')}</p>"]
     for heading, items in sections.items():
         md += [f"## {heading}", ""]

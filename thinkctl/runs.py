@@ -2,8 +2,8 @@
 
 A sweep resumes by skipping the (benchmark, method, problem, λ, sample) keys already in its results
 file. That is only honest when those results came from the same models under the same settings, so
-the first run writes ``run.json`` (atomically) and every rerun into the directory compares its own
-settings with it: any difference is a :class:`RunSettingsError` naming each differing key with the
+the first run writes ``run.json`` (atomically, once its models and benchmarks have loaded: a run that
+fails to start leaves nothing behind) and every rerun into the directory compares its own settings with it: any difference is a :class:`RunSettingsError` naming each differing key with the
 recorded and the new value. ``--overwrite`` instead moves the earlier results aside into
 ``replaced-<time>/`` (hours of generation are never deleted) and starts the directory afresh.
 
@@ -13,7 +13,7 @@ benchmark its split, limit and a hash of its problems. ``context`` is recorded f
 compared (paths and hub names as given, the full device, batch and chunk sizes, the λ grid, the
 thinkctl version): a moved checkpoint or a larger batch does not change what a sample means. The λ
 grid and the samples per problem may grow on resume (new record keys under the same settings), and
-so may the set of benchmarks.
+so may the set of benchmarks; the context then grows with them.
 
 A key that one side lacks compares equal to null, so a setting added to thinkctl later (a new
 ``SamplingConfig`` field defaulting to None) does not break the resume of runs recorded before it.
@@ -26,6 +26,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ RESULTS_FILE = "results.jsonl"
 RESULT_FILES = (RESULTS_FILE, RUN_FILE, "summary.csv", "summary.md", "sweep.png")
 #: settings sections whose entries a resume may add to (another benchmark into the same run)
 EXTENDABLE = ("benchmarks",)
+#: context lists a resume may grow (more λ values, more benchmarks)
+GROWING_LISTS = ("lambdas", "benchmark_specs")
 
 
 class RunSettingsError(ConfigError):
@@ -108,24 +111,73 @@ def read_run(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     return run
 
 
-def open_run(
-    out_dir: str | os.PathLike[str], settings: Mapping[str, Any], context: Mapping[str, Any], *, overwrite: bool = False
-) -> Path:
-    """Make ``out_dir`` ready to take results produced under ``settings``; returns its ``run.json``.
+@dataclass(frozen=True)
+class PendingRun:
+    """A run directory checked to take results under ``settings`` (:func:`prepare_run`), not yet touched.
 
-    A new directory records ``settings`` and ``context``. A directory recorded under the same settings
-    resumes (a new benchmark is added to the record). Anything else raises :class:`RunSettingsError`,
-    unless ``overwrite`` moves the earlier results aside first.
+    :meth:`start` does the writing (moving earlier results aside, recording ``run.json``); a job calls
+    it once everything that can fail before the first sample (models, tokenizers, benchmarks, the
+    vocabulary check) has loaded, so a run that fails to start leaves the directory as it was.
+    """
+
+    out_dir: Path
+    settings: dict[str, Any]
+    context: dict[str, Any]
+    overwrite: bool
+    recorded: dict[str, Any] | None  # the run.json a resume extends (None: a new or overwritten run)
+
+    def start(self) -> Path:
+        """Make the directory take this run's results; returns its ``run.json``."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / RUN_FILE
+        if self.overwrite:
+            existing = [self.out_dir / name for name in RESULT_FILES if (self.out_dir / name).exists()]
+            if existing:
+                aside = _move_aside(self.out_dir, existing)
+                log.warning("--overwrite: moved the earlier results of %s into %s", self.out_dir, aside)
+        if self.recorded is None:
+            return atomic_write_json(path, {
+                "thinkctl_version": _version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "settings": self.settings, "context": self.context,
+            })
+        settings = dict(self.recorded["settings"])
+        for section in EXTENDABLE:
+            settings[section] = {**(self.recorded["settings"].get(section) or {}), **(self.settings.get(section) or {})}
+        context = extended_context(self.recorded.get("context") or {}, self.context)
+        if (settings, context) != (self.recorded["settings"], self.recorded.get("context")):
+            atomic_write_json(path, {**self.recorded, "settings": settings, "context": context})
+        return path
+
+
+def extended_context(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
+    """The context of a resumed run: the recorded one, with the λ grid, samples per problem and benchmarks
+    grown to cover what the resume adds (so ``run.json`` describes every record, not the first command)."""
+    out = dict(recorded)
+    for key in GROWING_LISTS:
+        if key in current:
+            old = list(recorded.get(key) or [])
+            out[key] = old + [v for v in current[key] if v not in old]
+    if "n_samples" in current:
+        out["n_samples"] = max(int(recorded.get("n_samples") or 0), int(current["n_samples"]))
+    return out
+
+
+def prepare_run(
+    out_dir: str | os.PathLike[str], settings: Mapping[str, Any], context: Mapping[str, Any], *, overwrite: bool = False
+) -> PendingRun:
+    """Check that ``out_dir`` may take results produced under ``settings``, reading only.
+
+    A new directory, or any with ``overwrite``, starts afresh; a directory recorded under the same
+    settings resumes (a new benchmark is added to the record). Anything else raises
+    :class:`RunSettingsError`. Call :meth:`PendingRun.start` on the result once the job can start.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / RUN_FILE
     settings = json.loads(json.dumps(settings))  # compare what JSON stores: tuples as lists, keys as strings
-    existing = [out_dir / name for name in RESULT_FILES if (out_dir / name).exists()]
-    if overwrite and existing:
-        aside = _move_aside(out_dir, existing)
-        log.warning("--overwrite: moved the earlier results of %s into %s", out_dir, aside)
-    elif (recorded := read_run(out_dir)) is not None:
+    context = json.loads(json.dumps(dict(context)))
+    if overwrite:
+        return PendingRun(out_dir, settings, context, overwrite=True, recorded=None)
+    recorded = read_run(out_dir)
+    if recorded is not None:
         diffs = differences(recorded["settings"], settings)
         if diffs:
             lines = "\n".join(f"  {key}: {old!r} (recorded) → {new!r} (now)" for key, old, new in diffs)
@@ -134,19 +186,10 @@ def open_run(
                 f"Use the recorded settings, another --out, or --overwrite (moves the earlier results into "
                 f"{out_dir}/replaced-<time>/)."
             )
-        merged = dict(recorded["settings"])
-        for section in EXTENDABLE:
-            merged[section] = {**(recorded["settings"].get(section) or {}), **(settings.get(section) or {})}
-        if merged != recorded["settings"]:
-            atomic_write_json(path, {**recorded, "settings": merged})
-        return path
     elif (out_dir / RESULTS_FILE).is_file() and (out_dir / RESULTS_FILE).stat().st_size:
         raise RunSettingsError(
             f"{out_dir / RESULTS_FILE} has results but {out_dir} has no {RUN_FILE} (written before thinkctl recorded "
             "run settings), so nothing says which settings produced them and resuming could mix two runs. "
             f"Use another --out, or --overwrite (moves them into {out_dir}/replaced-<time>/)."
         )
-    return atomic_write_json(path, {
-        "thinkctl_version": _version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "settings": settings, "context": dict(context),
-    })
+    return PendingRun(out_dir, settings, context, overwrite=False, recorded=recorded)

@@ -8,6 +8,8 @@ section and command that composes it gains the key and the flag.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 
 from thinkctl.config import option
@@ -61,3 +63,14 @@ class SamplingConfig:
         seed and no two parts of it share a random stream. Greedy decoding uses no seed: unchanged.
         """
         return self if self.greedy or offset == 0 else dataclasses.replace(self, seed=self.seed + offset)
+
+    def seed_for(self, *key: str | int | float) -> int:
+        """The seed of the one sample that ``key`` names (in sweeps: benchmark, problem id, λ, sample index).
+
+        A hash of this config's seed and the key, so a sample draws the same stream whatever else is
+        generated with it, in whatever order: a resumed run, or one grown from n to 2n samples per
+        problem, repeats no earlier draw and reproduces the uninterrupted run record for record. (A seed
+        from a sample's position in the work list would restart at the first seeds after a resume.)
+        """
+        digest = hashlib.sha256(json.dumps([self.seed, *key]).encode()).digest()
+        return int.from_bytes(digest[:8], "big") >> 1  # 63 bits: what torch and vLLM generators take

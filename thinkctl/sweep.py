@@ -1,8 +1,8 @@
 """λ grid × benchmarks → graded per-sample records, resumable, plus a summary table and plot.
 
 Records are appended to ``results.jsonl`` one chunk at a time, so a killed sweep loses at most the
-chunk in flight, and Ctrl-C not even that (the samples finished before it are saved); a rerun reads
-what is there, skips every (benchmark, method, problem, λ, sample) key already recorded and generates
+chunk in flight, and Ctrl-C, SIGTERM or SIGHUP not even that (the samples finished before are saved);
+a rerun reads what is there, skips every (benchmark, method, problem, λ, sample) key already recorded and generates
 only the rest. A run directory records the settings that produced it (``run.json``,
 :mod:`thinkctl.runs`), and a rerun under other settings is refused rather than mixed in. The summary
 files are rewritten atomically at the end.
@@ -28,7 +28,7 @@ from thinkctl.models import model_identity
 from thinkctl.prompts import PromptConfig
 from thinkctl.records import RecordKey, graded_record, read_records
 from thinkctl.rollout import BackendConfig, RolloutBackend
-from thinkctl.runs import RESULTS_FILE, open_run
+from thinkctl.runs import RESULTS_FILE, prepare_run
 from thinkctl.sampling import SamplingConfig
 from thinkctl.thinking import prompt_opens_thinking
 
@@ -113,9 +113,12 @@ def run_sweep(
 ) -> Path:
     """Generate and grade every (problem, λ, sample) not yet in ``out_dir/results.jsonl``.
 
-    Work is sent to the backend in chunks of ``chunk_size`` prompts that may mix λ values, so the
-    backend batches across the grid; each chunk's records are appended as soon as it is graded. On
-    Ctrl-C the completions the backend finished are graded and saved too, and :class:`Interrupted`
+    When sampling, each sample is drawn with its own seed, a hash of the run's seed and its key
+    (benchmark, problem id, λ, sample index; :meth:`SamplingConfig.seed_for`), so a resumed run or
+    one extended to more samples gives exactly the records of one uninterrupted run. Work is sent to
+    the backend in chunks of ``chunk_size`` prompts that may mix λ values, so the backend batches
+    across the grid; each chunk's records are appended as soon as it is graded. On Ctrl-C (SIGTERM,
+    SIGHUP) the completions the backend finished are graded and saved too, and :class:`Interrupted`
     says where. Returns the path of the results file.
     """
     out_dir = Path(out_dir)
@@ -129,8 +132,9 @@ def run_sweep(
         for problem in problems
         if (benchmark, method, problem.id, float(lam), s) not in done
     ]
-    if len(done):
-        log.info("resuming %s: %d samples done, %d to go", results_path, len(done), len(todo))
+    here = sum(1 for key in done if key[:2] == (benchmark, method))
+    if here:
+        log.info("resuming %s/%s in %s: %d samples done, %d to go", benchmark, method, results_path, here, len(todo))
     tokenizer = backend.tokenizer
     prompts = {p.id: render_prompt(tokenizer, p.question, prompt) for p in problems}
 
@@ -147,8 +151,10 @@ def run_sweep(
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start : start + chunk_size]
             try:
-                completions = backend.generate([prompts[p.id] for p, _, _ in chunk], [lam for _, lam, _ in chunk],
-                                               sampling.derive(start))
+                completions = backend.generate(
+                    [prompts[p.id] for p, _, _ in chunk], [lam for _, lam, _ in chunk], sampling,
+                    seeds=[sampling.seed_for(benchmark, p.id, lam, s) for p, lam, s in chunk],
+                )
             except KeyboardInterrupt as e:
                 finished = sorted(getattr(e, "completed", {}).items())
                 save([chunk[i] for i, _ in finished], [c for _, c in finished])
@@ -187,7 +193,7 @@ def problems_digest(problems: Sequence[Problem]) -> str:
 def run_settings(
     cfg: SweepConfig, problems: Mapping[str, Sequence[Problem]], models: Mapping[str, str], *, method: str, model: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The (compared settings, recorded context) of a sweep, as :func:`thinkctl.runs.open_run` takes them.
+    """The (compared settings, recorded context) of a sweep, as :func:`thinkctl.runs.prepare_run` takes them.
 
     ``models`` maps each model's role (reference, aligned, inra) to its hub name or path.
     """
@@ -227,14 +233,16 @@ def run_sweep_config(
 
     The benchmarks are loaded and the run's settings checked against the directory's ``run.json``
     before the models, so a wrong benchmark or a mismatched resume fails before a long model load;
-    ``models`` (role → name or path; default: ``model`` itself) are what the settings identify. The
-    backend is closed at the end.
+    ``models`` (role → name or path; default: ``model`` itself) are what the settings identify.
+    Nothing is written to ``out_dir`` (and ``--overwrite`` moves nothing) until the backend has opened:
+    a run that fails to start leaves the directory as it was. The backend is closed at the end.
     """
     problems = cfg.problems()
     settings, context = run_settings(cfg, problems, models or {"model": model}, method=method, model=model)
-    open_run(out_dir, settings, context, overwrite=overwrite)
+    run = prepare_run(out_dir, settings, context, overwrite=overwrite)
     backend = open_backend()
     try:
+        run.start()
         for name, benchmark_problems in problems.items():
             run_sweep(backend, benchmark_problems, cfg.lambdas, cfg.sampling, out_dir, benchmark=name, method=method,
                       model=model, n_samples=cfg.n_samples, chunk_size=cfg.chunk_size, prompt=cfg.prompt, summarize=False)

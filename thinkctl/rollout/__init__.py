@@ -31,7 +31,10 @@ register_engine("hf", _hf)
 def make_backend(engine: str, reference: str, aligned: str | None = None, **kwargs: Any) -> RolloutBackend:
     """Build the backend for ``engine`` over the model(s) at ``reference`` (and ``aligned``)."""
     if engine == "vllm" and "vllm" not in ENGINES:
-        import thinkctl.rollout.vllm  # noqa: F401  (registers itself; ImportError names the missing extra)
+        try:
+            import thinkctl.rollout.vllm  # noqa: F401  (registers itself)
+        except ImportError as e:
+            raise ConfigError(f"{e}; or use the transformers engine: --engine hf (`engine: hf` in a recipe)") from None
     if engine not in ENGINES:
         raise ConfigError(f"unknown rollout engine {engine!r}; available: {sorted(ENGINES) + ['vllm']}")
     return ENGINES[engine](reference, aligned, **kwargs)

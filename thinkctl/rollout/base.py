@@ -61,6 +61,18 @@ class GenerationInterrupted(KeyboardInterrupt):
         self.completed = completed
 
 
+def prompt_seeds(sampling: SamplingConfig, seeds: Sequence[int] | None, n: int) -> list[int] | None:
+    """One sampling seed per prompt: ``seeds`` as given, else the prompt's index in the call added to
+    ``sampling.seed``; None when decoding is greedy (no randomness to seed)."""
+    if sampling.greedy:
+        return None
+    if seeds is None:
+        return [sampling.derive(i).seed for i in range(n)]
+    if len(seeds) != n:
+        raise ConfigError(f"got {len(seeds)} seeds for {n} prompts: give one per prompt")
+    return [int(s) for s in seeds]
+
+
 class RolloutBackend(abc.ABC):
     """Generates completions at a fusion weight λ (one per call, or one per prompt)."""
 
@@ -69,9 +81,19 @@ class RolloutBackend(abc.ABC):
 
     @abc.abstractmethod
     def generate(
-        self, prompts: Sequence[str], lam: float | Sequence[float], sampling: SamplingConfig
+        self,
+        prompts: Sequence[str],
+        lam: float | Sequence[float],
+        sampling: SamplingConfig,
+        seeds: Sequence[int] | None = None,
     ) -> list[Completion]:
-        """Complete each prompt (already rendered with the chat template) at its λ."""
+        """Complete each prompt (already rendered with the chat template) at its λ.
+
+        When sampling, prompt ``i`` is drawn from its own random stream seeded with ``seeds[i]``
+        (default: ``sampling.seed + i``, see :func:`prompt_seeds`): the same prompt, λ and seed give
+        the same completion whatever else the call holds, which is what lets a sweep seed each sample
+        by its record key (:meth:`thinkctl.sampling.SamplingConfig.seed_for`).
+        """
 
     def close(self) -> None:
         """Release engines and memory; the default has nothing to release."""

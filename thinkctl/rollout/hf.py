@@ -15,7 +15,7 @@ from thinkctl.batch import pad
 from thinkctl.decoding import LogitStream, ThinkingControl, fused_generate
 from thinkctl.errors import ConfigError
 from thinkctl.models import check_same_vocab, load_causal_lm, load_tokenizer
-from thinkctl.rollout.base import Completion, GenerationInterrupted, RolloutBackend, broadcast_lambdas
+from thinkctl.rollout.base import Completion, GenerationInterrupted, RolloutBackend, broadcast_lambdas, prompt_seeds
 from thinkctl.sampling import SamplingConfig
 from thinkctl.thinking import prompt_opens_thinking, think_token_ids
 
@@ -64,16 +64,21 @@ class HFBackend(RolloutBackend):
         return cls(ref_model, al_model, tokenizer, batch_size=batch_size, device=device)
 
     def generate(
-        self, prompts: Sequence[str], lam: float | Sequence[float], sampling: SamplingConfig
+        self,
+        prompts: Sequence[str],
+        lam: float | Sequence[float],
+        sampling: SamplingConfig,
+        seeds: Sequence[int] | None = None,
     ) -> list[Completion]:
         lams = broadcast_lambdas(lam, len(prompts))
+        row_seeds = prompt_seeds(sampling, seeds, len(prompts))
         encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         markers = self._think_markers(sampling)
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
         results: dict[int, Completion] = {}
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         try:
-            for b, idx in enumerate(tqdm(batches, desc="generate", unit="batch", disable=not self.progress or len(batches) < 2)):
+            for idx in tqdm(batches, desc="generate", unit="batch", disable=not self.progress or len(batches) < 2):
                 input_ids, mask = pad([encoded[i] for i in idx], self.tokenizer.pad_token_id, left=True)
                 thinking = None
                 if markers is not None:
@@ -82,7 +87,7 @@ class HFBackend(RolloutBackend):
                                                self.stop_token_ids, self.device)
                 out = fused_generate(
                     self.reference, self.aligned, input_ids.to(self.device), mask.to(self.device), [lams[i] for i in idx],
-                    sampling.derive(b), self.stop_token_ids, thinking,
+                    sampling, self.stop_token_ids, thinking, None if row_seeds is None else [row_seeds[i] for i in idx],
                 )
                 for row, i in enumerate(idx):
                     ids = out.token_ids[row]

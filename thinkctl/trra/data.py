@@ -92,7 +92,8 @@ def generate_distillation_data(
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start : start + chunk_size]
             prompts = [render_prompt(backend.tokenizer, p.question, prompt) for p in chunk]
-            completions = backend.generate(prompts, lam, sampling)
+            # seeded by problem, so a resumed cache draws what an uninterrupted one would have
+            completions = backend.generate(prompts, lam, sampling, seeds=[sampling.seed_for(p.id, lam) for p in chunk])
             new = []
             for problem, rendered, completion in zip(chunk, prompts, completions):
                 graded = grade(completion, problem.answer, backend.tokenizer)
