@@ -23,6 +23,7 @@ except ImportError as e:
 from vllm.exceptions import VLLMValidationError
 
 from tests.conftest_vllm import (
+    TAIL_PROMPTS,
     budget_runs,
     check_budgets,
     hf_inra_greedy,
@@ -350,6 +351,7 @@ def plain(ckpts):
             "greedy": backend.generate(PROMPTS, 0.0, GREEDY),
             "sampled": [backend.generate(PROMPTS, 0.0, SAMPLED) for _ in range(2)],
             "budgets": budget_runs(backend, 0.0),
+            "tail_budgets": budget_runs(backend, 0.0, TAIL_PROMPTS),
         }
         with pytest.raises(ConfigError, match="second stream"):
             backend.generate(PROMPTS[:1], 1.0, GREEDY)
@@ -377,6 +379,12 @@ def test_plain_vllm_matches_transformers_backend(ckpts, plain):
 
 def test_thinking_budget_closes_thinking_and_answers_plain(plain):
     check_budgets(plain["budgets"], plain["tokenizer"])
+
+
+def test_thinking_budget_counts_only_the_response_after_a_prompt_that_thinks(plain):
+    """Prompts ending ``<think> 7`` (R1's end in ``<think>\\n``): a budget B gives exactly B thinking tokens
+    of the response and ``thinking_forced`` exactly when vLLM forced ``</think>`` (vLLM alone gives B − 1)."""
+    check_budgets(plain["tail_budgets"], plain["tokenizer"])
 
 
 def test_plain_vllm_sampling_is_seeded(plain):
