@@ -22,6 +22,16 @@ step, attention split per stream. ``forward`` returns both final hidden states s
 ``compute_logits``; ``compute_logits`` splits them, projects each to
 the vocabulary and fuses ``λ·z_adapter + (1−λ)·z_original`` with per-row λ from
 :mod:`thinkctl.vllm_plugin.lam`. λ = 0 is the base model, λ = 1 the adapter path.
+
+Compilation: the dual-stream body runs eager. vLLM compiles only modules decorated with
+``@support_torch_compile`` (vllm/compilation/decorators.py), here the base ``Qwen2Model``/``LlamaModel``
+whose own ``forward`` this class never calls. Compiling the body means a decorated module that owns the
+layers under their checkpoint names (a subclass of the decorated base with its own ``forward``, the base
+re-wrapped) and whose graph vLLM splits at the two attention calls per layer for piecewise CUDA graphs.
+Whether that traces, splits and replays exactly can only be checked on a GPU with vLLM, which no
+machine here has, and a wrong graph would give wrong tokens silently; so it is left for a GPU session
+(``benchmarks/vllm_gpu_check.py`` is the check to run then). Decode batches still get vLLM's full CUDA
+graph of the whole forward on a GPU; prefill and mixed batches run eager.
 """
 
 from __future__ import annotations
