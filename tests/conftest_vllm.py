@@ -146,13 +146,16 @@ def synthetic_policy(path: Path) -> Path:
 
 #: prompts whose think block is opened by the prompt (R1 style), so thinking starts with the first token
 THINK_PROMPTS = [f"{a} + {b} = <think>" for a, b in [(1, 2), (3, 4), (5, 6), (7, 8)]]
+#: prompts whose open think block already holds a token, as R1-Distill's generation prompt (``<think>\n``)
+#: does: vLLM counts that token against its budget, thinkctl's budget counts the response's thinking only
+TAIL_PROMPTS = [f"{a} + {b} = <think> {a + b}" for a, b in [(1, 2), (3, 4), (5, 6), (7, 8)]]
 BUDGETS = (None, 0, 2, 5)
 THINK_OPEN, THINK_CLOSE = 2, 3  # ids in the test word tokenizer
 
 
-def budget_runs(backend, lam: float | list[float]) -> dict:
-    """Greedy continuations of THINK_PROMPTS under each of BUDGETS (24 new tokens)."""
-    return {b: backend.generate(THINK_PROMPTS, lam, SamplingConfig(max_new_tokens=24, max_thinking_tokens=b)) for b in BUDGETS}
+def budget_runs(backend, lam: float | list[float], prompts: list[str] = THINK_PROMPTS) -> dict:
+    """Greedy continuations of ``prompts`` under each of BUDGETS (24 new tokens)."""
+    return {b: backend.generate(prompts, lam, SamplingConfig(max_new_tokens=24, max_thinking_tokens=b)) for b in BUDGETS}
 
 
 def check_budgets(runs: dict, tokenizer) -> None:

@@ -78,3 +78,27 @@ def test_grids() -> None:
         parse_lambda_grid("0,abc")
     with pytest.raises(InvalidLambdaError, match="finite"):
         parse_lambda("nan")
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_half_precision_logits_are_fused_within_float32_tolerance_of_float64(half: torch.dtype) -> None:
+    """vLLM serves logits in bf16: λ = 0.3 must not become 0.30078, nor the sum round to 8 bits."""
+    g = torch.Generator().manual_seed(0)
+    z_al, z_ref = (torch.randn(16, 151_936, generator=g) * 8).to(half), (torch.randn(16, 151_936, generator=g) * 8).to(half)
+    lams = torch.tensor([0.3, 0.7, 1.5, -0.5] * 4)
+    want = lams.double()[:, None] * z_al.double() + (1 - lams.double()[:, None]) * z_ref.double()
+    for lam in (0.3, lams):
+        got = fuse_logits(z_al, z_ref, lam)
+        assert got.dtype == torch.float32
+        expected = want if lam is lams else 0.3 * z_al.double() + 0.7 * z_ref.double()
+        assert (got.double() - expected).abs().max() < 1e-4  # bf16 fusion is off by 0.03-0.09 here
+        assert torch.equal(got.argmax(-1), expected.argmax(-1))
+    assert torch.equal(fuse_logits(z_al, z_ref, 0.0), z_ref.float()), "λ = 0 is still the reference exactly"
+
+
+def test_device_lambda_tensors_are_not_read_back_to_the_host() -> None:
+    """A per-row λ already on a device (the vLLM λ table's) is trusted: checking it would sync every step.
+    Meta tensors have no values, so any host read of λ raises."""
+    z = torch.empty(4, 10, device="meta")
+    fused = fuse_logits(z, z, torch.empty(4, device="meta"))
+    assert fused.device.type == "meta" and fused.shape == (4, 10)

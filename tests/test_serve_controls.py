@@ -164,6 +164,53 @@ def test_auto_routes_one_prompt_per_request(think_model, policy):
     assert controls(think_model, policy).decide({"prompt": [[14, 10, 15]]}, chat=False).source == "auto"
 
 
+def test_thinking_budget_is_passed_as_vllm_counts_it(think_model):
+    """vLLM counts a prompt's tokens after its open ``<think>`` against the budget (R1's ``<think>\\n``);
+    B thinking tokens of the response need B + that tail from vLLM, on plain and dual-stream servers."""
+    for dual in (True, False):
+        c = controls(think_model, dual=dual)
+        body = {"prompt": "1 + 2 = <think> 3", "thinking_token_budget": 2}
+        c.decide(body, chat=False)
+        assert body["thinking_token_budget"] == 3
+        body = {"prompt": [[14, 10, 15, 12, 2, 17, 18]], "thinking_token_budget": 2}  # "1 + 2 = <think> 4 5" as ids
+        c.decide(body, chat=False)
+        assert body["thinking_token_budget"] == 4
+        body = {"prompt": "1 + 2 =", "thinking_token_budget": 2}
+        c.decide(body, chat=False)
+        assert body["thinking_token_budget"] == 2
+        body = {"messages": [{"role": "user", "content": "1 + 2"}], "thinking_token_budget": 2}  # template ends "= <think>"
+        c.decide(body, chat=True)
+        assert body["thinking_token_budget"] == 2
+    with pytest.raises(RequestError, match="separate requests"):
+        controls(think_model).decide({"prompt": ["1 = <think>", "1 = <think> 3"], "thinking_token_budget": 2}, chat=False)
+
+
+def test_prompt_logprobs_only_at_the_default_lambda(think_model):
+    """vLLM computes prompt logprobs at the checkpoint's default λ (1.0 here): other λ get a 400 that says so."""
+    c = controls(think_model)
+    for body in ({"prompt": "1 =", "prompt_logprobs": 1, "vllm_xargs": {LAMBDA_KEY: 0.0}},
+                 {"prompt": "1 =", "echo": True, "logprobs": 1, "reasoning_effort": "high"}):
+        with pytest.raises(RequestError, match="prompt logprobs are computed at this model's default λ=1"):
+            c.decide(body, chat=False)
+    body = {"prompt": "1 =", "prompt_logprobs": 1}
+    assert c.decide(body, chat=False).lam == 1.0 and LAMBDA_KEY not in body.get("vllm_xargs", {})
+    body = {"messages": [{"role": "user", "content": "1"}], "prompt_logprobs": 1, "vllm_xargs": {LAMBDA_KEY: 1.0}}
+    assert c.decide(body, chat=True).source == "explicit" and "vllm_xargs" not in body
+
+
+def test_dual_stream_servers_refuse_options_that_drop_lambda(think_model):
+    """A --logits-processors after -- replaces thinkctl's λ processor; speculative decoding breaks both streams."""
+    from thinkctl.serve import check_dual_stream_options
+    from thinkctl.vllm_plugin import PROCESSOR_FQCN
+
+    with pytest.raises(ConfigError, match="would replace thinkctl's λ processor"):
+        check_dual_stream_options(["--max-num-seqs", "4", "--logits-processors", "my.mod:Proc"])
+    check_dual_stream_options(["--logits-processors", PROCESSOR_FQCN, "my.mod:Proc"])
+    with pytest.raises(ConfigError, match="speculative decoding is not supported"):
+        check_dual_stream_options(["--speculative-config", '{"method": "eagle"}'])
+    check_dual_stream_options([])
+
+
 def test_plain_model_accepts_lambda0_only_and_leaves_effort_to_vllm(think_model):
     c = controls(think_model, dual=False)
     body = {"prompt": "1 =", "reasoning_effort": "high", "vllm_xargs": {LAMBDA_KEY: 0}}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest_vllm import THINK_CLOSE, THINK_PROMPTS, budget_runs, check_budgets, save_random_model, write_inra_checkpoint
+from tests.conftest_vllm import TAIL_PROMPTS, THINK_CLOSE, THINK_PROMPTS, budget_runs, check_budgets, save_random_model, write_inra_checkpoint
 from thinkctl.data import Problem
 from thinkctl.errors import ConfigError
 from thinkctl.inra import make_inra_backend
@@ -30,6 +30,23 @@ def ckpts(tmp_path_factory):
 def test_budget_plain(ckpts):
     backend = HFBackend.from_paths(str(ckpts["base"]))
     check_budgets(budget_runs(backend, 0.0), backend.tokenizer)
+    check_budgets(budget_runs(backend, 0.0, TAIL_PROMPTS), backend.tokenizer)  # the vLLM tests hold vLLM to the same
+
+
+def test_thinking_tail_and_when_vllm_forced_the_end():
+    """vLLM's budget counts the tokens after the last ``<think>``, prompt included (ids: 2 = <think>, 3 = </think>)."""
+    from thinkctl.thinking import budget_forced, engine_thinking_budget, prompt_thinking_tail
+
+    assert prompt_thinking_tail([5, 2, 9], 2, 3) == 1  # "... <think>\\n"
+    assert prompt_thinking_tail([5, 2], 2, 3) == 0
+    assert prompt_thinking_tail([2, 9, 3, 5], 2, 3) is None and prompt_thinking_tail([5], 2, 3) is None
+    assert engine_thinking_budget(4, 1) == 5 and engine_thinking_budget(4, None) == 4
+    # prompt tail 1, budget 2 → vLLM budget 3: </think> after two response tokens was forced
+    assert budget_forced([7, 8, 3, 9], 3, 1, 2, 3)
+    assert not budget_forced([7, 3, 9], 3, 1, 2, 3), "closed after one token: the model's own choice"
+    assert not budget_forced([7, 8, 9], 3, 1, 2, 3), "never closed (length or EOS): nothing was forced"
+    # the prompt opened no block: the count starts after the response's <think>
+    assert budget_forced([2, 7, 8, 3], 2, None, 2, 3) and not budget_forced([7, 8, 3], 2, None, 2, 3)
 
 
 def test_budget_fused_pair_with_mixed_lambdas(ckpts):

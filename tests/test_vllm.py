@@ -23,6 +23,7 @@ except ImportError as e:
 from vllm.exceptions import VLLMValidationError
 
 from tests.conftest_vllm import (
+    TAIL_PROMPTS,
     budget_runs,
     check_budgets,
     hf_inra_greedy,
@@ -195,6 +196,168 @@ def keyed_sweeps(backend, root: Path) -> dict[str, list[dict]]:
     return out
 
 
+class _AddRMSNorm(torch.nn.Module):
+    """vLLM's RMSNorm calling convention; ``inplace`` does what the fused CUDA kernel does (vllm_c's
+    ``fused_add_rms_norm`` is registered ``inplace=True``): the sum is written into ``residual``, the
+    normalised output into ``x``. The CPU build never runs that kernel, so it is emulated here."""
+
+    inplace = False
+
+    def __init__(self, dim: int, gen: torch.Generator) -> None:
+        super().__init__()
+        self.weight = torch.rand(dim, generator=gen) + 0.5
+
+    def forward(self, x, residual=None):
+        s = x if residual is None else x + residual
+        out = s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
+        if residual is None:
+            return out
+        if self.inplace:
+            residual.copy_(s)
+            x.copy_(out)
+            return x, residual
+        return out, s
+
+
+def _fake_decoder_layer(dim: int, gen: torch.Generator) -> torch.nn.Module:
+    """A decoder layer with vLLM's Qwen2 residual handling (its real ``forward``), per-token stand-ins for
+    attention, and the attributes :func:`dual_layer_forward` reads."""
+    from types import SimpleNamespace
+
+    from vllm.model_executor.models.qwen2 import Qwen2DecoderLayer
+
+    def linear(n_out):
+        w = torch.randn(n_out, dim, generator=gen) / dim**0.5
+        return lambda h: (h @ w.T, None)
+
+    class Attn(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv_proj, self.o_proj, self.q_size, self.kv_size = linear(3 * dim), linear(dim), dim, dim
+            self.rotary_emb = lambda positions, q, k: (q, k)
+            self.attn = self.ref_attn = lambda q, k, v: q * torch.tanh(k) + v
+
+        def forward(self, positions, hidden_states):
+            q, k, v = self.qkv_proj(hidden_states)[0].split([dim, dim, dim], dim=-1)
+            return self.o_proj(self.attn(q, k, v))[0]
+
+    class Layer(torch.nn.Module):
+        forward = Qwen2DecoderLayer.forward
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.input_layernorm, self.post_attention_layernorm = _AddRMSNorm(dim, gen), _AddRMSNorm(dim, gen)
+            self.self_attn = Attn()
+            up = linear(dim)
+            self.mlp = lambda h: torch.nn.functional.silu(up(h)[0])
+
+    return Layer()
+
+
+def test_inra_streams_are_exact_under_an_in_place_fused_add_rms_norm():
+    """With ``--enforce-eager`` (or any backend but inductor) vLLM's fused add-RMSNorm writes into its
+    inputs; the adapter path must not write into the embeddings the original path starts from. Both
+    streams of InRaForCausalLM.forward equal each stream computed alone, out of place."""
+    from types import SimpleNamespace
+
+    from thinkctl.vllm_plugin.inra import InRaForCausalLM
+
+    dim, gen = 32, torch.Generator().manual_seed(0)
+    emb = torch.randn(20, dim, generator=gen)
+    adapters, layers = [_fake_decoder_layer(dim, gen)], [_fake_decoder_layer(dim, gen) for _ in range(2)]
+    norm = _AddRMSNorm(dim, gen)
+    fake = SimpleNamespace(embed_input_ids=lambda ids: emb[ids],
+                           model=SimpleNamespace(adapter_layers=adapters, layers=layers, norm=norm))
+    ids, positions = torch.tensor([3, 1, 4, 1, 5]), torch.arange(5)
+
+    def alone(pre):
+        h, residual = emb[ids], None
+        for layer in [*pre, *layers]:
+            h, residual = layer(positions, h, residual)
+        return norm(h, residual)[0]
+
+    expected = torch.cat([alone(adapters), alone([])], dim=-1)
+    norms = [m for layer in [*adapters, *layers] for m in (layer.input_layernorm, layer.post_attention_layernorm)] + [norm]
+    for inplace in (False, True):
+        for m in norms:
+            m.inplace = inplace
+        got = InRaForCausalLM.forward(fake, ids, positions)
+        assert torch.allclose(got, expected, atol=1e-5), f"in place: {inplace}"
+
+
+def test_second_attention_keeps_the_layers_sliding_window(monkeypatch):
+    """Per-layer windows (``layer_types``) and dual-chunk settings: the second stream attends like the first."""
+    from types import SimpleNamespace
+
+    from thinkctl.vllm_plugin import layers
+
+    made = {}
+    monkeypatch.setattr(layers, "Attention", lambda *a, **kw: made.update(kw) or "attn")
+    sa = SimpleNamespace(num_heads=2, head_dim=64, scaling=0.125, num_kv_heads=1,
+                         attn=SimpleNamespace(sliding_window=4096, attn_type="decoder"),
+                         dual_chunk_attention_config={"chunk_size": 8192})
+    cfg = SimpleNamespace(cache_config=None, quant_config=None)
+    assert layers.second_attention(SimpleNamespace(self_attn=sa), cfg, "model.layers.3.self_attn.ref_attn") == "attn"
+    assert made["per_layer_sliding_window"] == 4096 and made["attn_type"] == "decoder"
+    assert made["layer_idx"] == 3 and made["dual_chunk_attention_config"] == {"chunk_size": 8192}
+
+
+def test_prompt_logprobs_at_a_chosen_lambda_are_refused():
+    """vLLM scores prompts in chunks with no row → request map, so they would come at the default λ."""
+    from thinkctl.vllm_plugin.lam import ThinkctlLambdaProcessor
+
+    with pytest.raises(ValueError, match="prompt_logprobs are computed at the model's default λ"):
+        ThinkctlLambdaProcessor.validate_params(vllm.SamplingParams(prompt_logprobs=1, extra_args={LAMBDA_KEY: 1.0}))
+    ThinkctlLambdaProcessor.validate_params(vllm.SamplingParams(prompt_logprobs=1))
+    ThinkctlLambdaProcessor.validate_params(vllm.SamplingParams(logprobs=1, extra_args={LAMBDA_KEY: 1.0}))
+
+
+def test_speculative_decoding_and_aot_compile_cache_are_refused_with_the_reason(monkeypatch):
+    from types import SimpleNamespace
+
+    from vllm.config import CompilationMode
+
+    from thinkctl.vllm_plugin.fused import check_compile_cache
+    from thinkctl.vllm_plugin.layers import check_engine_config
+
+    with pytest.raises(ConfigError, match="speculative decoding is not supported with thinkctl's InRaForCausalLM"):
+        check_engine_config(SimpleNamespace(speculative_config=SimpleNamespace(method="eagle")), "InRaForCausalLM")
+    check_engine_config(SimpleNamespace(speculative_config=None), "InRaForCausalLM")
+    compiled = SimpleNamespace(compilation_config=SimpleNamespace(mode=CompilationMode.VLLM_COMPILE))
+    monkeypatch.setenv("VLLM_USE_AOT_COMPILE", "1")
+    with pytest.raises(ConfigError, match="VLLM_USE_AOT_COMPILE=0"):
+        check_compile_cache(compiled)
+    check_compile_cache(SimpleNamespace(compilation_config=SimpleNamespace(mode=CompilationMode.NONE)))
+    monkeypatch.setenv("VLLM_USE_AOT_COMPILE", "0")
+    check_compile_cache(compiled)
+
+
+def test_pair_configs_are_compared_as_transformers_loads_them(tmp_path):
+    """R1-Distill's config.json has a top-level rope_theta; a model thinkctl saved (transformers 5) has it
+    inside rope_parameters. Same model: accepted. A real difference (rms_norm_eps) or another tokenizer: refused."""
+    from tests.conftest import WORDS, make_word_tokenizer
+    from thinkctl.errors import VocabMismatchError
+    from thinkctl.vllm_plugin.fused import write_pair_dir
+
+    ref, al = save_random_model(tmp_path / "ref", seed=0), save_random_model(tmp_path / "al", seed=1)
+    config = json.loads((ref / "config.json").read_text())
+    config["rope_theta"] = config.pop("rope_parameters")["rope_theta"]
+    config["torch_dtype"], config["transformers_version"] = config.pop("dtype", "float32"), "4.44.0"
+    (ref / "config.json").write_text(json.dumps(config))
+    assert "rope_parameters" in json.loads((al / "config.json").read_text())
+    pair = write_pair_dir(ref, al, tmp_path / "pair")
+    assert json.loads((pair / "config.json").read_text())["architectures"] == ["FusedPairForCausalLM"]
+
+    config = json.loads((al / "config.json").read_text())
+    (al / "config.json").write_text(json.dumps(dict(config, rms_norm_eps=1e-5)))
+    with pytest.raises(ConfigError, match=r"rms_norm_eps: 1e-06 vs 1e-05"):
+        write_pair_dir(ref, al, tmp_path / "pair2")
+    (al / "config.json").write_text(json.dumps(config))
+    make_word_tokenizer([*WORDS[:-1], "fifty"]).save_pretrained(al)
+    with pytest.raises(VocabMismatchError, match="tokenizers differ"):
+        write_pair_dir(ref, al, tmp_path / "pair3")
+
+
 @pytest.fixture(scope="module")
 def plain(ckpts, tmp_path_factory):
     """Plain-model vLLM results (greedy, sampled twice, sampled with seeds in two orders, sampled sweeps) and
@@ -210,6 +373,7 @@ def plain(ckpts, tmp_path_factory):
             "seeded_reversed": backend.generate(PROMPTS[::-1], 0.0, SAMPLED, seeds=seeds[::-1])[::-1],
             "sweeps": keyed_sweeps(backend, tmp_path_factory.mktemp("vllm_sweeps")),
             "budgets": budget_runs(backend, 0.0),
+            "tail_budgets": budget_runs(backend, 0.0, TAIL_PROMPTS),
         }
         with pytest.raises(ConfigError, match="second stream"):
             backend.generate(PROMPTS[:1], 1.0, GREEDY)
@@ -237,6 +401,12 @@ def test_plain_vllm_matches_transformers_backend(ckpts, plain):
 
 def test_thinking_budget_closes_thinking_and_answers_plain(plain):
     check_budgets(plain["budgets"], plain["tokenizer"])
+
+
+def test_thinking_budget_counts_only_the_response_after_a_prompt_that_thinks(plain):
+    """Prompts ending ``<think> 7`` (R1's end in ``<think>\\n``): a budget B gives exactly B thinking tokens
+    of the response and ``thinking_forced`` exactly when vLLM forced ``</think>`` (vLLM alone gives B − 1)."""
+    check_budgets(plain["tail_budgets"], plain["tokenizer"])
 
 
 def test_plain_vllm_sampling_is_seeded(plain):

@@ -70,17 +70,31 @@ def parse_lambda_grid(text: str) -> list[float]:
     return validate_lambda_grid(_number(p) for p in text.split(",") if p.strip())
 
 
+#: half-precision logits are fused in float32: λ·z in bf16 rounds λ itself (0.3 → 0.30078) and the sum to
+#: 8 mantissa bits, enough to change a greedy token on a 150k vocabulary
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype fusion runs in for logits of ``dtype``: float32 for half precision, else ``dtype`` itself."""
+    return torch.float32 if dtype in HALF_DTYPES else dtype
+
+
 def _as_weight(lam: LambdaLike, like: torch.Tensor) -> torch.Tensor | float:
     """λ as a scalar, or as a per-sequence tensor shaped to broadcast over ``like``'s trailing dims.
 
-    A scalar was validated where it entered (a flag, a recipe, a request) and is trusted here; a
-    tensor is one value per row that some caller assembled, so its shape and finiteness are checked.
+    A scalar was validated where it entered (a flag, a recipe, a request) and is trusted here. Per-row
+    values that arrive as a Python sequence or a host tensor are checked for finiteness (cheap, on the
+    host); a tensor already on an accelerator is not: reading its values back would synchronise the
+    host with the device on every decoding step (the vLLM plugin's λ table lives there and holds
+    values validated at request admission). Shapes are checked always (no device read).
     """
     if isinstance(lam, (int, float)) and not isinstance(lam, bool):
         return float(lam)
-    weights = torch.as_tensor(lam, dtype=like.dtype, device=like.device)
-    if not torch.isfinite(weights).all():
+    weights = torch.as_tensor(lam)
+    if weights.device.type == "cpu" and not torch.isfinite(weights).all():
         raise InvalidLambdaError(f"every λ must be finite, got {weights.tolist()}")
+    weights = weights.to(device=like.device, dtype=like.dtype, non_blocking=True)
     if weights.dim() == 0:
         return weights
     if weights.dim() != 1 or weights.shape[0] != like.shape[0]:
@@ -96,12 +110,17 @@ def fuse_logits(z_aligned: torch.Tensor, z_ref: torch.Tensor, lam: LambdaLike) -
 
     Written as ``z_ref + λ·(z_aligned − z_ref)`` would lose exactness at λ = 0 when logits hold −inf,
     so the two-term form is kept: λ = 0 returns ``z_ref`` bit for bit, λ = 1 returns ``z_aligned``.
+    Half-precision logits (vLLM's, in bf16 serving) are fused in float32 and returned in float32, so
+    neither λ nor the sum is rounded to 8 bits; every caller (HF decoding, TrRa targets, InRa, the vLLM
+    models) gets this from here. Float32 and float64 logits are fused in their own dtype.
     """
     if z_aligned.shape != z_ref.shape:
         raise ValueError(
             f"cannot fuse logits of different shapes {tuple(z_aligned.shape)} and {tuple(z_ref.shape)}: "
             "the two models must share a vocabulary (see thinkctl.models.check_same_vocab)"
         )
+    dtype = compute_dtype(torch.promote_types(z_aligned.dtype, z_ref.dtype))
+    z_aligned, z_ref = z_aligned.to(dtype), z_ref.to(dtype)
     w = _as_weight(lam, z_aligned)
     if isinstance(w, float):
         if w == 0.0:
@@ -114,8 +133,5 @@ def fuse_logits(z_aligned: torch.Tensor, z_ref: torch.Tensor, lam: LambdaLike) -
 def fused_log_probs(
     z_aligned: torch.Tensor, z_ref: torch.Tensor, lam: LambdaLike, temperature: float = 1.0
 ) -> torch.Tensor:
-    """Log-softmax of the fused logits over the last dim, computed in float32 or wider."""
-    fused = fuse_logits(z_aligned, z_ref, lam)
-    if fused.dtype in (torch.float16, torch.bfloat16):
-        fused = fused.float()
-    return torch.log_softmax(fused / temperature, dim=-1)
+    """Log-softmax of the fused logits over the last dim, in float32 or wider (see :func:`fuse_logits`)."""
+    return torch.log_softmax(fuse_logits(z_aligned, z_ref, lam) / temperature, dim=-1)

@@ -72,3 +72,45 @@ def thinking_closed(text: str, opened: bool = False) -> bool | None:
 
 def _special_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
     return set(tokenizer.all_special_ids)
+
+
+def prompt_thinking_tail(prompt_ids: Sequence[int], open_id: int, close_id: int) -> int | None:
+    """Tokens the prompt already put inside an open think block (those after its last ``<think>``), or
+    None when the prompt leaves no block open. R1-Distill's generation prompt ends ``<think>\\n``: 1.
+
+    vLLM's ``thinking_token_budget`` counts every token after the last think-start, the prompt's
+    included (``_init_state_entry`` in vllm/v1/sample/thinking_budget_state.py; the V2 kernel in
+    vllm/v1/worker/gpu/sample/thinking_budget.py scans prompt and output alike), while thinkctl counts
+    thinking in the response (:func:`count_thinking_tokens`). :func:`engine_thinking_budget` converts.
+    """
+    ids = list(prompt_ids)
+    last_open = max((i for i, t in enumerate(ids) if t == open_id), default=-1)
+    last_close = max((i for i, t in enumerate(ids) if t == close_id), default=-1)
+    return len(ids) - last_open - 1 if last_open > last_close else None
+
+
+def engine_thinking_budget(budget: int, tail: int | None) -> int:
+    """The ``thinking_token_budget`` to give vLLM for ``budget`` thinking tokens of the response, after a
+    prompt whose open think block already holds ``tail`` tokens (see :func:`prompt_thinking_tail`)."""
+    return budget + (tail or 0)
+
+
+def budget_forced(response_ids: Sequence[int], engine_budget: int, tail: int | None, open_id: int, close_id: int) -> bool:
+    """Whether vLLM forced the response's first ``</think>``: it came when vLLM's count reached its budget.
+
+    vLLM counts the tokens after the last think-start seen so far (prompt and response), and from the
+    moment that count reaches ``engine_budget`` the next token is forced to ``</think>``. ``tail`` is the
+    prompt's :func:`prompt_thinking_tail` (None: the prompt opened no block).
+    """
+    ids = list(response_ids)
+    if close_id not in ids:
+        return False
+    close = ids.index(close_id)
+    opens = [i for i in range(close) if ids[i] == open_id]
+    if opens:
+        count = close - opens[-1] - 1
+    elif tail is not None:
+        count = tail + close
+    else:
+        return False
+    return count >= engine_budget

@@ -12,10 +12,16 @@ is ignored, as in the transformers backend), ``token_ids`` exclude the prompt an
 token, text is decoded by the tokenizer with special tokens skipped.
 
 Thinking budget: a sampling config with ``max_thinking_tokens = B`` becomes vLLM's
-``thinking_token_budget``: after B thinking tokens ``</think>`` is forced and the answer follows.
-The engine gets the ``thinkctl`` reasoning parser (which names the ``<think>`` markers) whenever the
-tokenizer has them as single tokens; completions record ``thinking_budget`` and
-``thinking_forced`` (the first think block reached the budget) in ``meta``.
+``thinking_token_budget``: after B thinking tokens of the response ``</think>`` is forced and the
+answer follows. vLLM also counts the tokens a prompt put inside its open think block (R1's template
+ends ``<think>\n``), so each request's vLLM budget is B plus that tail
+(:func:`thinkctl.thinking.engine_thinking_budget`). The engine gets the ``thinkctl`` reasoning parser
+(which names the ``<think>`` markers) whenever the tokenizer has them as single tokens; completions
+record ``thinking_budget`` (B) and ``thinking_forced`` (vLLM forced the first ``</think>``) in ``meta``.
+
+Dual-stream models: the pair's configs and tokenizers are checked by
+:func:`thinkctl.vllm_plugin.fused.write_pair_dir`; a pair engine runs with vLLM's AOT compile cache
+off (:func:`thinkctl.vllm_plugin.fused.check_compile_cache` says why).
 """
 
 from __future__ import annotations
@@ -23,17 +29,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from tqdm.asyncio import tqdm_asyncio
 
 from thinkctl.errors import ConfigError, ModelLoadError
-from thinkctl.thinking import THINK_CLOSE, count_thinking_tokens, prompt_opens_thinking, think_token_ids
-from thinkctl.models import check_same_vocab, load_tokenizer
+from thinkctl.thinking import budget_forced, engine_thinking_budget, prompt_thinking_tail, think_token_ids
+from thinkctl.models import load_tokenizer
 from thinkctl.rollout.base import Completion, RolloutBackend, broadcast_lambdas, prompt_seeds, register_engine
 from thinkctl.sampling import SamplingConfig
 from thinkctl.vllm_plugin import LAMBDA_KEY, PROCESSOR_FQCN, REASONING_PARSER, ensure_registered
@@ -51,6 +59,8 @@ log = logging.getLogger(__name__)
 
 DUAL_STREAM_ARCHS = {"InRaForCausalLM", "FusedPairForCausalLM"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+#: environment a fused-pair engine needs (see thinkctl.vllm_plugin.fused.check_compile_cache)
+PAIR_ENV = {"VLLM_USE_AOT_COMPILE": "0"}
 
 
 def model_architectures(path: str | Path) -> list[str]:
@@ -71,6 +81,22 @@ def tokenizer_source(path: str | Path) -> str:
     if not base:
         raise ModelLoadError(f"{p} has no tokenizer files and names no base model to take them from")
     return str(Path(base) if Path(base).is_absolute() else p / base)
+
+
+@contextmanager
+def engine_environment(env: dict[str, str]) -> Iterator[None]:
+    """``env`` set while an engine starts (its processes inherit it, an in-process engine compiles
+    then), the previous values restored afterwards."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def engine_defaults() -> dict[str, Any]:
@@ -102,7 +128,6 @@ class VLLMBackend(RolloutBackend):
         tokenizer_path = tokenizer_source(model)
         self.tokenizer = load_tokenizer(tokenizer_path)
         if aligned is not None:
-            check_same_vocab(self.tokenizer, load_tokenizer(aligned))
             self._pair_dir = Path(tempfile.mkdtemp(prefix="thinkctl-pair-"))
             from thinkctl.vllm_plugin.fused import write_pair_dir
 
@@ -112,7 +137,8 @@ class VLLMBackend(RolloutBackend):
         self.stop_token_ids = list(eos) if isinstance(eos, list) else [eos]
         self.progress = progress
         kwargs: dict[str, Any] = {**engine_defaults(), **engine_kwargs}
-        self.thinking = think_token_ids(self.tokenizer) is not None
+        self.think_ids = think_token_ids(self.tokenizer)
+        self.thinking = self.think_ids is not None
         if self.thinking:
             kwargs.setdefault("reasoning_parser", REASONING_PARSER)  # enables thinking_token_budget
         if self.dual_stream:
@@ -123,7 +149,8 @@ class VLLMBackend(RolloutBackend):
             kwargs["max_num_seqs"] = max_num_seqs
         log.info("starting vLLM on %s (%s)", model, "dual-stream" if self.dual_stream else "plain")
         engine_args = dict(model=model, tokenizer=tokenizer_path, dtype=dtype, seed=seed, generation_config="vllm", **kwargs)
-        self.llm = DataParallelLLM(engine_args) if kwargs.get("data_parallel_size", 1) > 1 else vllm.LLM(**engine_args)
+        with engine_environment(PAIR_ENV if aligned is not None else {}):
+            self.llm = DataParallelLLM(engine_args) if kwargs.get("data_parallel_size", 1) > 1 else vllm.LLM(**engine_args)
 
     def thinking_budget(self, sampling: SamplingConfig) -> int | None:
         """The sampling config's ``max_thinking_tokens``, checked against what this engine can enforce.
@@ -141,13 +168,10 @@ class VLLMBackend(RolloutBackend):
             )
         return budget
 
-    def first_think_block(self, ids: list[int], opened: bool) -> int:
-        """Thinking tokens of the response's first think block (the one a budget closes first)."""
-        close = self.tokenizer.convert_tokens_to_ids(THINK_CLOSE)
-        return count_thinking_tokens(ids[: ids.index(close) + 1] if close in ids else ids, self.tokenizer, opened)
-
-    def sampling_params(self, lam: float, sampling: SamplingConfig, seed: int | None) -> vllm.SamplingParams:
-        """vLLM sampling parameters for one prompt at ``lam``, drawn from its own ``seed`` (None: greedy)."""
+    def sampling_params(self, lam: float, sampling: SamplingConfig, seed: int | None,
+                        engine_budget: int | None = None) -> vllm.SamplingParams:
+        """vLLM sampling parameters for one prompt at ``lam``, drawn from its own ``seed`` (None: greedy);
+        ``engine_budget``: this prompt's vLLM ``thinking_token_budget`` (see the module docstring)."""
         if not self.dual_stream and lam != 0:
             raise ConfigError(
                 f"λ={lam} needs a second stream: give an aligned model or an InRa checkpoint (plain models only have λ=0)"
@@ -161,7 +185,7 @@ class VLLMBackend(RolloutBackend):
             stop_token_ids=self.stop_token_ids,
             detokenize=False,
             extra_args={LAMBDA_KEY: lam} if self.dual_stream else None,
-            thinking_token_budget=self.thinking_budget(sampling),
+            thinking_token_budget=engine_budget,
         )
 
     def generate(
@@ -172,18 +196,21 @@ class VLLMBackend(RolloutBackend):
         seeds: Sequence[int] | None = None,
     ) -> list[Completion]:
         lams = broadcast_lambdas(lam, len(prompts))
-        row_seeds = prompt_seeds(sampling, seeds, len(prompts)) or [None] * len(prompts)
-        params = [self.sampling_params(x, sampling, seed) for x, seed in zip(lams, row_seeds)]
         budget = self.thinking_budget(sampling)
-        encoded = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
-        outputs = self.llm.generate(encoded, params, use_tqdm=self.progress and len(prompts) > 1)
+        encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        tails = [prompt_thinking_tail(ids, *self.think_ids) if budget is not None else None for ids in encoded]
+        engine_budgets = [None if budget is None else engine_thinking_budget(budget, t) for t in tails]
+        row_seeds = prompt_seeds(sampling, seeds, len(prompts)) or [None] * len(prompts)
+        params = [self.sampling_params(x, sampling, seed, b) for x, seed, b in zip(lams, row_seeds, engine_budgets)]
+        inputs = [{"prompt_token_ids": ids} for ids in encoded]
+        outputs = self.llm.generate(inputs, params, use_tqdm=self.progress and len(prompts) > 1)
         completions = []
-        for prompt, out, x in zip(prompts, outputs, lams):
+        for out, x, tail, engine_budget in zip(outputs, lams, tails, engine_budgets):
             gen = out.outputs[0]
             ids = list(gen.token_ids)
             meta: dict[str, Any] = {"engine": "vllm"}
             if budget is not None:
-                forced = self.first_think_block(ids, prompt_opens_thinking(prompt)) >= budget
+                forced = budget_forced(ids, engine_budget, tail, *self.think_ids)
                 meta.update(thinking_budget=budget, thinking_forced=forced)
             completions.append(
                 Completion(

@@ -173,6 +173,28 @@ def server_controls(cfg: ServeConfig, model_dir: str):
     )
 
 
+def check_dual_stream_options(vllm_args: Sequence[str]) -> None:
+    """Refuse pass-through options that would silently break a dual-stream model's λ.
+
+    ``--logits-processors`` given after ``--`` comes last on vLLM's command line and replaces the list
+    thinkctl puts there, dropping the λ processor (every request would then run at the default λ);
+    it is accepted when it names the λ processor itself. ``--speculative-config`` is refused with the
+    reason the models give (see :func:`thinkctl.vllm_plugin.layers.check_engine_config`), before
+    the engine starts.
+    """
+    given = option_values(vllm_args, "--logits-processors")
+    if given is not None and PROCESSOR_FQCN not in given:
+        raise ConfigError(
+            f"--logits-processors {' '.join(given)} after -- would replace thinkctl's λ processor, and every request would "
+            f"then run at the default λ: list it too (-- --logits-processors {PROCESSOR_FQCN} {' '.join(given)})"
+        )
+    if option_values(vllm_args, "--speculative-config") is not None:
+        raise ConfigError(
+            "--speculative-config: speculative decoding is not supported with thinkctl's dual-stream models (drafters "
+            "would read both streams' hidden states, verification rows would lose their request's λ); drop the option"
+        )
+
+
 def vllm_serve_argv(cfg: ServeConfig, model_dir: str, thinking: bool = False) -> list[str]:
     """The vLLM API-server command line for ``cfg`` once the model directory to load is known.
 
@@ -203,6 +225,7 @@ def vllm_serve_argv(cfg: ServeConfig, model_dir: str, thinking: bool = False) ->
     if cfg.max_model_len:
         argv += ["--max-model-len", str(cfg.max_model_len)]
     if DUAL_STREAM_ARCHS & set(model_architectures(model_dir)):
+        check_dual_stream_options(cfg.vllm_args)
         argv += ["--logits-processors", PROCESSOR_FQCN]
     if thinking and option_values(cfg.vllm_args, "--reasoning-parser") is None:
         argv += ["--reasoning-parser", REASONING_PARSER]
@@ -213,7 +236,9 @@ def serve(cfg: ServeConfig, pair_dir: str | Path | None = None, grace_s: float =
     """Run the server in the foreground until it exits or is stopped; returns its exit status.
 
     With ``cfg.aligned`` the two models are served as one fused model from a generated pair directory
-    (``pair_dir``, default ``<model>.thinkctl-pair`` next to the reference). A stop signal ends the
+    (``pair_dir``, default ``<model>.thinkctl-pair`` next to the reference), after their configs and
+    tokenizers are checked (:func:`thinkctl.vllm_plugin.fused.write_pair_dir`), with vLLM's AOT compile
+    cache off (:func:`thinkctl.vllm_plugin.fused.check_compile_cache`). A stop signal ends the
     whole process tree (see the module docstring); a server stopped that way returns 0.
     """
     check_exposure(cfg)
@@ -229,7 +254,11 @@ def serve(cfg: ServeConfig, pair_dir: str | Path | None = None, grace_s: float =
     with tempfile.TemporaryDirectory(prefix="thinkctl-serve-") as tmp:
         from thinkctl.serve.middleware import CONFIG_ENV
 
+        from thinkctl.rollout.vllm import PAIR_ENV
+
         env = dict(os.environ, **{CONFIG_ENV: str(controls.save(Path(tmp) / "controls.json"))})
+        if cfg.aligned is not None:
+            env.update(PAIR_ENV)
         log.info("starting: %s", " ".join(argv))
         return ServerProcess(argv, env, grace_s).run()
 

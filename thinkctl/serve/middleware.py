@@ -14,6 +14,16 @@ API-server process (``vllm serve --middleware``), in front of ``/v1/completions`
    question's text features and, when the client sends it, ``vllm_xargs.thinkctl_level``;
 4. otherwise the checkpoint's ``default_lambda`` ("default").
 
+Thinking budget: ``thinking_token_budget`` B means B thinking tokens of the response, as thinkctl
+counts them. vLLM also counts the tokens a prompt put inside its open think block (R1's template
+ends ``<think>\n``), so the middleware passes vLLM B plus that tail: the chat template's generation
+prompt for chat, the prompt's own tokens for completions (prompts with different tails in one
+request are refused: one budget cannot fit them all).
+
+Prompt logprobs (``prompt_logprobs``, or ``echo`` with ``logprobs``) are computed by vLLM at the
+checkpoint's default λ (see :mod:`thinkctl.vllm_plugin.lam`); a request that asks for them at another
+λ gets a 400 saying so, and at the default λ they are served.
+
 An unknown level, an invalid λ, ``auto`` without a policy, a negative or non-integer
 ``thinking_token_budget`` (vLLM itself would read -1 as "no budget"; here the field is omitted for
 that) or a malformed control is answered with HTTP 400 and an OpenAI-style error body, before the engine sees the request; the server keeps
@@ -47,6 +57,7 @@ from typing import Any
 from thinkctl.effort import RESERVED_LEVELS, EffortTable
 from thinkctl.errors import ConfigError, InvalidLambdaError
 from thinkctl.fusion import validate_lambda
+from thinkctl.thinking import engine_thinking_budget, prompt_thinking_tail, think_token_ids
 from thinkctl.vllm_plugin import LAMBDA_KEY
 
 log = logging.getLogger(__name__)
@@ -188,9 +199,19 @@ class Controls:
             decision = self._plain(has_explicit, explicit, wants_auto)
         else:
             decision = self._dual(body, chat, has_explicit, explicit, effort, wants_auto, level)
-            xargs[LAMBDA_KEY] = decision.lam
+            if self._wants_prompt_logprobs(body, chat):
+                if decision.lam != self.settings.default_lambda:
+                    raise RequestError(
+                        f"prompt logprobs are computed at this model's default λ={self.settings.default_lambda:g}, and "
+                        f"this request runs at λ={decision.lam:g} ({decision.source}): ask for them without a λ, effort "
+                        "or policy choice, or drop prompt_logprobs (and echo) to sample at this λ", "prompt_logprobs")
+                xargs.pop(LAMBDA_KEY, None)  # the engine's default; a named λ would be refused there
+            else:
+                xargs[LAMBDA_KEY] = decision.lam
             # effort is expressed by λ here; the chat template must not shorten thinking a second time
             body.pop("reasoning_effort", None)
+        if budget is not None and self.settings.thinking:
+            body["thinking_token_budget"] = engine_thinking_budget(budget, self.thinking_tail(body, chat))
         if xargs:
             body["vllm_xargs"] = xargs
         else:
@@ -234,6 +255,35 @@ class Controls:
             return Decision(self.router.route(self.question(body, chat), level=level), "auto")
         return Decision(self.settings.default_lambda, "default")
 
+    @staticmethod
+    def _wants_prompt_logprobs(body: dict[str, Any], chat: bool) -> bool:
+        """Whether vLLM will compute prompt logprobs: asked directly, or a completion's ``echo`` with ``logprobs``."""
+        return body.get("prompt_logprobs") is not None or (not chat and bool(body.get("echo")) and body.get("logprobs") is not None)
+
+    def thinking_tail(self, body: dict[str, Any], chat: bool) -> int | None:
+        """Tokens the request's prompt puts inside an open think block (see :func:`prompt_thinking_tail`).
+
+        Chat: the chat template's generation prompt (it follows the last message, so any question
+        shows it); completions: each prompt's own tokens, which must agree across the request's prompts.
+        """
+        ids = think_token_ids(self.tokenizer)
+        if ids is None:
+            return None
+        if chat:
+            _, suffix = self.template()
+            return prompt_thinking_tail(self.tokenizer(suffix, add_special_tokens=False)["input_ids"], *ids)
+        prompt = body.get("prompt")
+        if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt)):
+            prompt = [prompt]
+        if not isinstance(prompt, list):
+            return None  # vLLM answers a malformed prompt itself
+        tails = {prompt_thinking_tail(p if isinstance(p, list) else self.tokenizer(str(p), add_special_tokens=False)["input_ids"], *ids)
+                 for p in prompt}
+        if len(tails) > 1:
+            raise RequestError("thinking_token_budget counts the thinking a prompt has already opened, and these prompts "
+                               "open it differently: send them as separate requests", "thinking_token_budget")
+        return tails.pop() if tails else None
+
     def question(self, body: dict[str, Any], chat: bool) -> str:
         """The text the router judges: the last user message, or the completion prompt without its template."""
         if chat:
@@ -255,14 +305,18 @@ class Controls:
                                "(or give thinkctl_lambda or reasoning_effort)", "prompt")
         return self._strip_template(prompt)
 
-    def _strip_template(self, prompt: str) -> str:
-        """The question inside a prompt rendered by :func:`thinkctl.data.render_prompt` (else the prompt)."""
+    def template(self) -> tuple[str, str]:
+        """The text :func:`thinkctl.data.render_prompt` puts before and after a question (computed once)."""
         if self._template is None:
             from thinkctl.data import render_prompt
 
             prefix, _, suffix = render_prompt(self.tokenizer, _SENTINEL).partition(_SENTINEL)
             self._template = (prefix, suffix)
-        prefix, suffix = self._template
+        return self._template
+
+    def _strip_template(self, prompt: str) -> str:
+        """The question inside a prompt rendered by :func:`thinkctl.data.render_prompt` (else the prompt)."""
+        prefix, suffix = self.template()
         if len(prompt) >= len(prefix) + len(suffix) and prompt.startswith(prefix) and prompt.endswith(suffix):
             return prompt[len(prefix): len(prompt) - len(suffix)]
         return prompt

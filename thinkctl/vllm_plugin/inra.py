@@ -22,6 +22,16 @@ step, attention split per stream. ``forward`` returns both final hidden states s
 ``compute_logits``; ``compute_logits`` splits them, projects each to
 the vocabulary and fuses ``λ·z_adapter + (1−λ)·z_original`` with per-row λ from
 :mod:`thinkctl.vllm_plugin.lam`. λ = 0 is the base model, λ = 1 the adapter path.
+
+Compilation: the dual-stream body runs eager. vLLM compiles only modules decorated with
+``@support_torch_compile`` (vllm/compilation/decorators.py), here the base ``Qwen2Model``/``LlamaModel``
+whose own ``forward`` this class never calls. Compiling the body means a decorated module that owns the
+layers under their checkpoint names (a subclass of the decorated base with its own ``forward``, the base
+re-wrapped) and whose graph vLLM splits at the two attention calls per layer for piecewise CUDA graphs.
+Whether that traces, splits and replays exactly can only be checked on a GPU with vLLM, which no
+machine here has, and a wrong graph would give wrong tokens silently; so it is left for a GPU session
+(``benchmarks/vllm_gpu_check.py`` is the check to run then). Decode batches still get vLLM's full CUDA
+graph of the whole forward on a GPU; prefill and mixed batches run eager.
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ from thinkctl.fusion import fuse_logits, validate_lambda
 from thinkctl.vllm_plugin.lam import lambda_model_state_cls, lambda_table
 from thinkctl.vllm_plugin.layers import (
     base_arch,
+    check_engine_config,
     checkpoint_tensors,
     dual_layer_forward,
     resolve_checkpoint_dir,
@@ -88,6 +99,7 @@ class InRaForCausalLM(nn.Module):
         config = vllm_config.model_config.hf_config
         self.config = config
         self.spec = InRaSpec.from_config(config)
+        check_engine_config(vllm_config, "InRaForCausalLM")
         self.model_dir = vllm_config.model_config.model
         arch = base_arch(config.model_type)
         self.stacked_mapper = arch.stacked_mapper
@@ -119,7 +131,12 @@ class InRaForCausalLM(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         embeds = inputs_embeds if inputs_embeds is not None else self.embed_input_ids(input_ids)
-        h, residual = embeds, None
+        # The adapter path gets its own copy: the first adapter layer keeps its input as the residual,
+        # and vLLM's fused add-RMSNorm updates that residual in place wherever inductor does not
+        # functionalise it (``--enforce-eager``, ``-O0``, other compile backends: ``RMSNorm`` →
+        # ``fused_add_rms_norm.maybe_inplace`` in vllm/model_executor/layers/layernorm.py). Without
+        # the copy the adapter path would write into the embeddings the original path starts from.
+        h, residual = embeds.clone(), None
         for layer in self.model.adapter_layers:
             h, residual = layer(positions, h, residual)
         # adapter stream rows first, then the original stream entering layer 0 (residual 0: x + 0 = x)

@@ -33,6 +33,15 @@ Requests choose λ with ``SamplingParams(extra_args={"thinkctl_lambda": x})`` of
 ``"vllm_xargs": {"thinkctl_lambda": x}`` in an OpenAI-compatible request body; without it the
 checkpoint's default applies. ``validate_params`` runs at request admission in the front end (under
 either runner), so an invalid λ is refused before it reaches the engine (HTTP 400 from the server).
+
+Prompt logprobs are not per request: both runners score prompt tokens through ``compute_logits`` in
+chunks of their own (up to 1,024 rows, several requests' prompts mixed, no row → request map), so
+those rows get the checkpoint default. A request that asks for prompt logprobs *and* names a λ is
+therefore refused at admission rather than answered at the wrong λ (see :func:`check_prompt_logprobs`).
+
+Nothing here synchronises the host with the device per step: λ values are staged on the host and
+copied with vLLM's ``async_tensor_h2d`` (a pinned staging buffer, ``non_blocking``) only when a request
+was added or moved, and ``compute_logits`` only indexes device tensors.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from vllm import SamplingParams
+from vllm.utils.torch_utils import async_tensor_h2d
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 from vllm.v1.sample.logits_processor import LogitsProcessor as V1LogitsProcessor
 from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState
@@ -70,6 +80,17 @@ def default_lambda(hf_config: Any) -> float | None:
     return None
 
 
+def check_prompt_logprobs(params: SamplingParams) -> None:
+    """Refuse prompt logprobs at a request-chosen λ: vLLM scores prompts without a row → request map
+    (see the module docstring), so they would silently come at the checkpoint's default λ."""
+    if params.prompt_logprobs is not None and LAMBDA_KEY in (params.extra_args or {}):
+        raise InvalidLambdaError(
+            f"prompt_logprobs are computed at the model's default λ (vLLM scores prompts in chunks that carry no "
+            f"request's λ), so they cannot be combined with {LAMBDA_KEY}: send the request without {LAMBDA_KEY} "
+            "to get prompt logprobs at the default, or without prompt_logprobs (and echo) to sample at your λ"
+        )
+
+
 def request_lambda(params: SamplingParams, default: float) -> float:
     """λ of one request: its ``extra_args[LAMBDA_KEY]`` when given, else ``default``."""
     extra = params.extra_args or {}
@@ -90,8 +111,9 @@ class LambdaTable:
         self.default = default
         self.values = torch.full((size,), default, dtype=torch.float32)
         self.updated = False
-        #: V1: the batch size the rows were last updated for
-        self.batch_size = 0
+        #: V1: this batch's values on the runner's device (refreshed only when the batch changes)
+        self.device: torch.device = torch.device("cpu")
+        self.batch_values: torch.Tensor | None = None
         #: V2: ``values`` on the runner's device, and this step's request slot of each logits row
         self.slot_values: torch.Tensor | None = None
         self.row_slots: torch.Tensor | None = None
@@ -102,6 +124,10 @@ class LambdaTable:
         self.values = torch.full((num_slots,), self.default, dtype=torch.float32)
         self.slot_values = self.values.to(device)
 
+    def set_batch(self, batch_size: int) -> None:
+        """V1: the persistent batch changed; mirror its first ``batch_size`` values on the device."""
+        self.batch_values = async_tensor_h2d(self.values[:batch_size], self.device)
+
     def set_slot(self, slot: int, lam: float) -> None:
         self.values[slot] = lam
         self.updated = self._dirty = True
@@ -109,14 +135,15 @@ class LambdaTable:
     def flush(self) -> None:
         """Copy staged slot values to the device (V2 calls this once per step before the forward)."""
         if self._dirty and self.slot_values is not None:
-            self.slot_values.copy_(self.values)
+            async_tensor_h2d(self.values, out=self.slot_values)
             self._dirty = False
 
     def rows(self, n: int) -> torch.Tensor | float:
         """λ for ``n`` logits rows: per-row values when they describe the current batch.
 
-        Any other row count comes from vLLM's dummy, profiling and prompt-logprob runs, whose output
-        is discarded (or not per request); they get the default so the forward stays well-defined.
+        Any other row count comes from vLLM's dummy and profiling runs, whose output is discarded, and
+        from prompt-logprob chunks (requests that chose a λ cannot ask for those, see
+        :func:`check_prompt_logprobs`); they get the default so the forward stays well-defined.
         """
         if not self.updated:
             return self.default
@@ -125,8 +152,8 @@ class LambdaTable:
             if slots is not None and slots.shape[0] == n:
                 return self.slot_values[slots.to(self.slot_values.device, torch.long)]
             return self.default
-        if n == self.batch_size:
-            return self.values[:n].clone()
+        if self.batch_values is not None and self.batch_values.shape[0] == n:
+            return self.batch_values
         return self.default
 
 
@@ -181,6 +208,7 @@ class ThinkctlLambdaProcessor(V1LogitsProcessor, V2LogitsProcessor):
     def validate_params(cls, sampling_params: SamplingParams) -> None:
         try:
             request_lambda(sampling_params, 0.0)
+            check_prompt_logprobs(sampling_params)
         except InvalidLambdaError as e:
             raise ValueError(f"{LAMBDA_KEY}: {e}") from None
 
@@ -190,6 +218,8 @@ class ThinkctlLambdaProcessor(V1LogitsProcessor, V2LogitsProcessor):
         if v2 and self.table is not None:
             req_states: LogitsProcRequestState = runner_args[0]
             self.table.use_slots(req_states.max_num_reqs, req_states.device)
+        elif self.table is not None and runner_args and runner_args[0] is not None:
+            self.table.device = torch.device(runner_args[0])  # V1: (vllm_config, device, is_pin_memory)
 
     # ------------------------------------------------------------ shared
 
@@ -216,7 +246,7 @@ class ThinkctlLambdaProcessor(V1LogitsProcessor, V2LogitsProcessor):
                 values[a], values[b] = values[b].clone(), values[a].clone()
             else:
                 values[b] = values[a]
-        table.batch_size = batch_update.batch_size
+        table.set_batch(batch_update.batch_size)
 
     # ------------------------------------------------------------ V2 interface
 

@@ -45,11 +45,40 @@ def base_arch(model_type: str) -> BaseArch:
     raise ConfigError(f"thinkctl's vLLM models support base model_type 'qwen2' or 'llama', got {model_type!r}")
 
 
+def check_engine_config(vllm_config, model: str) -> None:
+    """Refuse engine features the dual-stream models cannot serve correctly, with the reason.
+
+    Speculative decoding: EAGLE/MTP drafters read the target's hidden states, which here are two
+    streams side by side (twice the width they expect), and the λ table maps one logits row per
+    request, while verification scores several rows per request (V1 would give every row the default
+    λ). A request-level λ under speculative decoding would therefore be silently wrong or crash.
+    """
+    if getattr(vllm_config, "speculative_config", None) is not None:
+        raise ConfigError(
+            f"speculative decoding is not supported with thinkctl's {model}: drafters would read both streams' "
+            "hidden states and verification rows would lose their request's λ; start the engine without "
+            "--speculative-config (speculative_config=...)"
+        )
+
+
 def second_attention(layer: nn.Module, vllm_config, prefix: str) -> Attention:
-    """A fresh Attention shaped like ``layer.self_attn.attn``: same heads, its own KV cache."""
+    """A fresh Attention shaped like ``layer.self_attn.attn``: same heads, same window, its own KV cache.
+
+    Everything that decides *which* keys a query sees is copied from the layer's own Attention: the
+    per-layer sliding window (Qwen2/Llama configs with ``layer_types``/``max_window_layers`` give
+    some layers a window and others none; the second stream must attend like the first), the attention
+    type, and Qwen2's dual-chunk attention settings.
+    """
     sa = layer.self_attn
     if getattr(sa, "qk_norm", False):
         raise ConfigError("decoder layers with q/k norm are not supported by the dual-stream vLLM models")
+    first = sa.attn
+    extra = {}
+    dual_chunk = getattr(sa, "dual_chunk_attention_config", None)
+    if dual_chunk:
+        from vllm.model_executor.models.utils import extract_layer_index
+
+        extra = {"layer_idx": extract_layer_index(prefix), "dual_chunk_attention_config": dual_chunk}
     return Attention(
         sa.num_heads,
         sa.head_dim,
@@ -57,7 +86,10 @@ def second_attention(layer: nn.Module, vllm_config, prefix: str) -> Attention:
         num_kv_heads=sa.num_kv_heads,
         cache_config=vllm_config.cache_config,
         quant_config=vllm_config.quant_config,
+        per_layer_sliding_window=first.sliding_window,
+        attn_type=first.attn_type,
         prefix=prefix,
+        **extra,
     )
 
 
