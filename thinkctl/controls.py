@@ -12,6 +12,8 @@ budget and (target mode) within ±15% of the target, and the mean λ thinking en
 The controls' settings are resolved here once: ``fast_lambda`` defaults to the effort table's ``low``
 when ``control_effort`` names one, and target mode's start λ is read off the table's calibrated
 λ → thinking-tokens curve (:func:`thinkctl.decoding.lambda_for_length`), else ``control_lambda``.
+``control_effort: calibrate`` makes the table first: the λ grid on the benchmark's *train* split (same
+limit) in ``DIR/calibration/``, so target mode is calibrated on other problems than it is scored on.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from thinkctl.decoding import lambda_for_length
-from thinkctl.effort import load_effort
+from thinkctl.effort import EffortTable, effort_from_sweep, load_effort
 from thinkctl.errors import ConfigError
 from thinkctl.io import atomic_write_text
 from thinkctl.records import load_records
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 CONTROL_ORDER = ("hard", "bias", "soft", "target", "fixed")
 #: the band a target-mode response counts as landed in, as a fraction of its target
 TARGET_BAND = 0.15
+#: ``control_effort`` value that calibrates the length model on the train split first
+CALIBRATE = "calibrate"
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,13 @@ class LengthModel:
         """From ``control_effort`` (level=λ pairs, a table file or a sweep to calibrate on); empty without one."""
         if spec is None:
             return cls(None, None)
-        table = load_effort(spec)
+        if spec == CALIBRATE:
+            raise ConfigError(f"control_effort: {CALIBRATE} is run by the control sweep (thinkctl sweep --controls); "
+                              "elsewhere give level=λ pairs, an effort table (.json) or a sweep run directory")
+        return cls.from_table(load_effort(spec))
+
+    @classmethod
+    def from_table(cls, table: EffortTable) -> LengthModel:
         curve = table.meta.get("curve")
         return cls(table.levels.get("low"), {float(k): float(v) for k, v in curve.items()} if curve else None)
 
@@ -94,7 +104,7 @@ class ControlRun:
 
 def control_runs(cfg: SweepConfig, model: LengthModel | None = None) -> list[ControlRun]:
     """Every (control, budget) of ``cfg``'s control grid as a single-control sweep config."""
-    model = model or LengthModel.load(cfg.control_effort)
+    model = model or LengthModel.load(None if cfg.control_effort == CALIBRATE else cfg.control_effort)
     plain = dataclasses.replace(cfg, controls=[], budgets=[], targets=None)
     runs = []
     for control in cfg.controls:
@@ -129,22 +139,39 @@ def run_control_sweep(
     if not cfg.controls:
         raise ConfigError("no controls to compare: set controls, e.g. hard,soft,fixed")
     out_dir = Path(out_dir)
-    problems = cfg.problems()
-    runs = control_runs(cfg)
-    for run in runs:
-        settings, context = run_settings(run.cfg, problems, models or {"model": model}, method=method, model=model)
-        open_run(out_dir / run.name, settings, context, overwrite=overwrite)
-    backend = open_backend()
+    models = models or {"model": model}
+    opened: list[RolloutBackend] = []
+
+    def run(sub: SweepConfig, sub_dir: Path, problems: Mapping[str, list]) -> None:
+        if not opened:
+            opened.append(open_backend())
+        for name, benchmark_problems in problems.items():
+            run_sweep(opened[0], benchmark_problems, sub.lambdas, sub.sampling, sub_dir, benchmark=name, method=method,
+                      model=model, n_samples=sub.n_samples, chunk_size=sub.chunk_size, prompt=sub.prompt, summarize=False)
+        write_sweep_summary(sub_dir)
+
     try:
-        for run in runs:
-            for name, benchmark_problems in problems.items():
-                run_sweep(backend, benchmark_problems, run.cfg.lambdas, run.cfg.sampling, out_dir / run.name, benchmark=name,
-                          method=method, model=model, n_samples=cfg.n_samples, chunk_size=cfg.chunk_size, prompt=cfg.prompt,
-                          summarize=False)
-            write_sweep_summary(out_dir / run.name)
+        length_model = None
+        if cfg.control_effort == CALIBRATE:
+            calibration = dataclasses.replace(cfg, split="train", controls=[], budgets=[], targets=None, control_effort=None)
+            problems = calibration.problems()
+            if len(problems) != 1:
+                raise ConfigError(f"control_effort: {CALIBRATE} calibrates on one benchmark, got {sorted(problems)}")
+            settings, context = run_settings(calibration, problems, models, method=method, model=model)
+            open_run(out_dir / "calibration", settings, context, overwrite=overwrite)
+            run(calibration, out_dir / "calibration", problems)
+            length_model = LengthModel.from_table(effort_from_sweep(out_dir / "calibration", method=method))
+        problems = cfg.problems()
+        runs = control_runs(cfg, length_model)
+        for sub in runs:
+            settings, context = run_settings(sub.cfg, problems, models, method=method, model=model)
+            open_run(out_dir / sub.name, settings, context, overwrite=overwrite)
+        for sub in runs:
+            run(sub.cfg, out_dir / sub.name, problems)
     finally:
-        backend.close()
-    return write_control_summary(out_dir, [out_dir / run.name for run in runs])
+        for backend in opened:
+            backend.close()
+    return write_control_summary(out_dir, [out_dir / sub.name for sub in runs])
 
 
 def control_label(records: pd.DataFrame) -> pd.Series:
