@@ -182,6 +182,11 @@ def test_bias_with_the_prs_margin_never_closes_before_the_cap_under_greedy(pair)
     bias = pair.generate(THINK_PROMPTS, 0.0, SamplingConfig(max_new_tokens=24, max_thinking_tokens=9,
                                                              schedule=ScheduleConfig(control="bias")))
     assert [c.token_ids for c in hard] == [c.token_ids for c in bias]
+    pushed = pair.generate(THINK_PROMPTS, 0.0, SamplingConfig(max_new_tokens=24, max_thinking_tokens=9,
+                                                               schedule=ScheduleConfig(control="bias", bias_margin=-50.0)))
+    forced = [h.meta["thinking_forced"] for h in hard]
+    assert any(forced) and not any(c.meta["thinking_forced"] for c, f in zip(pushed, forced) if f), \
+        "a margin far below zero lets the ramp close every row the cap closed before the cap"
 
 
 def test_a_schedule_that_moves_lambda_needs_an_aligned_model(pair) -> None:
