@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from thinkctl.tiny import TinyBuildConfig
 from thinkctl.trra.realign import RealignConfig, load_realign_configs
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLING_KEYS = {f.name for f in fields(SamplingConfig)}
+SAMPLING_KEYS = {o.key for o in options(SamplingConfig)}  # flat: the schedule group included
 
 
 def keys(cls: type) -> set[str]:

@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
     {"records"},
     {"report"},
     {"sweep"},
+    {"controls"},  # thinking controls side by side: a grid of single-control sweeps and their summary
     {"tiny"},
     {"training"},  # what TrRa and InRa training share: Trainer settings, frozen-model preparation, trace datasets
     {"trra", "inra"},  # the two methods are peers: what both need (the distillation loss) lives below

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from thinkctl.config import add_flags, build, flag_values, group, lambda_option, load_section, recipe_values
+from thinkctl.config import add_flags, build, flag_values, group, lambda_option, load_section, option, recipe_values
 from thinkctl.errors import ConfigError, Interrupted, ThinkctlError
 from thinkctl.prompts import PromptConfig
 from thinkctl.rollout import BackendConfig
@@ -53,6 +53,9 @@ class GenerateConfig:
         0.0, "fusion weight λ: 0 = the reference (an InRa checkpoint's base) as it is, the one λ every model source has; "
              "1 = the aligned model (the adapter path)"
     )
+    control_effort: str | None = option(None, "effort table for --control (level=λ pairs, .json, or a sweep run dir): "
+                                              "its `low` is the default --fast-lambda, its calibrated curve picks target "
+                                              "mode's start λ (else --lambda)")
     sampling: SamplingConfig = group(SamplingConfig)
     prompt: PromptConfig = group(PromptConfig)
     backend: BackendConfig = group(BackendConfig)
@@ -98,9 +101,16 @@ def _models(args: argparse.Namespace, backend: BackendConfig, lambdas: Sequence[
 
 
 def _sweep(cfg: SweepConfig, out: str, models: Models, overwrite: bool) -> None:
+    from thinkctl.controls import run_control_sweep
     from thinkctl.sweep import run_sweep_config
 
     out_dir = Path(out)
+    if cfg.controls:
+        run_control_sweep(cfg, models.open, out_dir, method=models.method, model=models.model, models=models.sources,
+                          overwrite=overwrite)
+        print((out_dir / "summary.md").read_text(encoding="utf-8"))
+        print(f"summary: {out_dir / 'summary.csv'} (one run directory per control and budget under {out_dir})")
+        return
     run_sweep_config(cfg, models.open, out_dir, method=models.method, model=models.model, models=models.sources,
                      overwrite=overwrite)
     print((out_dir / "summary.md").read_text(encoding="utf-8"))
@@ -112,7 +122,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from thinkctl.sweep import SweepConfig
 
     cfg = load_section(SweepConfig, args.recipe, "sweep", flag_values(args, SweepConfig))
-    _sweep(cfg, args.out, _models(args, cfg.backend, cfg.lambdas), args.overwrite)
+    lambdas = cfg.lambdas if not cfg.controls or "fixed" in cfg.controls else []
+    _sweep(cfg, args.out, _models(args, cfg.backend, [*lambdas, *([cfg.control_lambda] if cfg.controls else [])]), args.overwrite)
 
 
 def _tiny_pair(recipe: str | None, out: str | None, force: bool = False):
@@ -159,15 +170,21 @@ def _print_shape(out_dir: Path) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     from thinkctl.data import render_prompt
 
+    from thinkctl.controls import LengthModel, resolve_control
+
     cfg = load_section(GenerateConfig, None, "generate", flag_values(args, GenerateConfig))
-    backend = _models(args, cfg.backend, [cfg.lambda_]).open()
+    sampling, lam = resolve_control(cfg.sampling, cfg.lambda_, LengthModel.load(cfg.control_effort))
+    backend = _models(args, cfg.backend, [lam]).open()
     try:
         prompts = [render_prompt(backend.tokenizer, q, cfg.prompt) for q in args.question]
-        for question, prompt, completion in zip(args.question, prompts, backend.generate(prompts, cfg.lambda_, cfg.sampling)):
+        for question, prompt, completion in zip(args.question, prompts, backend.generate(prompts, lam, sampling)):
+            control = ""
+            if "control" in completion.meta:
+                control = f", {completion.meta['control']} control, λ {lam:g} → {completion.meta['final_lambda']:.3g}"
             # the prompt as the model sees it (what a sweep with these settings asks), then the response that
             # continues it: a response starting with `</think>` closes the block the prompt opened
             print(f"## {question}\n--- prompt\n{prompt}\n--- response\n{completion.text}\n"
-                  f"[{completion.num_tokens} tokens, {completion.finish_reason}]\n")
+                  f"[{completion.num_tokens} tokens, {completion.finish_reason}{control}]\n")
     finally:
         backend.close()
 

@@ -17,19 +17,27 @@ short and long thinkers costs what its live rows cost, not ``batch × longest``.
 A :class:`ThinkingControl` composes with λ: λ sets how the model wants to think, the control sets hard
 limits on the think block (a budget after which ``</think>`` is forced, so the answer still follows, and
 a floor below which ``</think>`` and end-of-text are held back).
+
+A :class:`LambdaSchedule` closes the loop: a row's λ (or its ``</think>`` logit) follows the row's
+thinking tokens so far and its budget or target, step by step, with λ as the actuator. The formulas
+are the pure functions :func:`soft_budget_lambda`, :func:`target_lambda` and :func:`bias_ramp` /
+:func:`biased_close_logit`; a row's λ freezes when its think block closes, so the answer is written
+at the λ thinking ended with. Both streams stay live while any row's λ may still change.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
 from thinkctl.batch import positions
-from thinkctl.fusion import fuse_logits
-from thinkctl.sampling import SamplingConfig
+from thinkctl.errors import ConfigError
+from thinkctl.fusion import fuse_logits, validate_lambda
+from thinkctl.sampling import SamplingConfig, ScheduleConfig
 
 
 class LogitStream(Protocol):
@@ -43,12 +51,138 @@ class GenerationResult:
     """Generated tokens per input row (prompt excluded, stop token included) and why each ended.
 
     ``thinking_forced`` says per row whether a thinking budget closed the think block (None when no
-    :class:`ThinkingControl` was given).
+    :class:`ThinkingControl` was given); ``lambdas`` holds per row the λ that produced each of its
+    tokens (None unless a :class:`LambdaSchedule` moved λ).
     """
 
     token_ids: list[list[int]]
     finish_reasons: list[str]
     thinking_forced: list[bool] | None = None
+    lambdas: list[list[float]] | None = None
+
+
+# ---------------------------------------------------------------- λ schedules: the formulas
+#
+# Each takes the thinking tokens so far ``count`` (a tensor, one value per row) and returns one value
+# per row; they are written in torch so decoding runs them on the device, and tested in float64.
+
+
+def _real(count: torch.Tensor) -> torch.Tensor:
+    """Token counts as floats: float64 counts stay float64 (the reference tests), integers become float32."""
+    return count if count.is_floating_point() else count.float()
+
+
+def soft_budget_lambda(
+    count: torch.Tensor, budget: float, lam: torch.Tensor | float, fast: float, start: float, end: float
+) -> torch.Tensor:
+    """Soft budget: λ(t) = λ₀ + (λ_f − λ₀)·clip((t/B − start)/(end − start), 0, 1).
+
+    The shape is a linear ramp with two plateaus, chosen for three reasons. Below ``start``·B the
+    request's λ is untouched, so a row that would end well inside its budget thinks exactly as it
+    would without one (a soft budget costs easy problems nothing). Between ``start``·B and ``end``·B
+    λ moves continuously, a few hundredths per token, so the model drifts into its fast style within
+    the step it is on instead of being cut mid-step (the failure of the hard cap). From ``end``·B to
+    B it thinks fully fast: that last (1 − end)·B is room for the fast style to wrap up (defaults 0.3
+    and 0.7 leave 30% of B, about the tiny default's fast floor of ~15 tokens at B = 50) before the
+    hard cap at B, the backstop, acts. A linear ramp also keeps λ at any step a formula one can state.
+    """
+    progress = ((_real(count) / budget - start) / (end - start)).clamp(0.0, 1.0)
+    return lam + (fast - lam) * progress
+
+
+def target_lambda(count: torch.Tensor, target: float, lam: torch.Tensor | float, fast: float, tolerance: float) -> torch.Tensor:
+    """Target mode: proportional feedback on the tokens so far against the plan of landing on N.
+
+    The start λ₀ is planned to end near N (from a calibrated length model), so a row still thinking
+    at (1 − tol)·N is on plan and one still thinking later runs late. The error is the relative
+    lateness e(t) = max(t/N − (1 − tol), 0) and the correction is proportional to it,
+    λ(t) = λ₀ + K·e(t) with gain K = (λ_f − λ₀)/(2·tol), saturating at λ_f: a row reaches its fast
+    style at (1 + tol)·N, where the hard cap forces ``</think>``. Before a row closes, "not closed
+    yet" is all decoding observes of it, which is why the correction acts on lateness; the other
+    side, a row that would close early, is held back by the floor at (1 − tol)·N
+    (:attr:`thinkctl.sampling.SamplingConfig.thinking_floor`).
+    """
+    lateness = (_real(count) / target - (1.0 - tolerance)).clamp(min=0.0)
+    return lam + (fast - lam) * (lateness / (2.0 * tolerance)).clamp(max=1.0)
+
+
+#: the last fraction of the budget over which the ``</think>`` bias ramps (vLLM PR #45727)
+BIAS_WINDOW = 0.3
+#: steepness of the bias ramp's sigmoid over its window
+BIAS_STEEPNESS = 10.0
+
+
+def bias_ramp(count: torch.Tensor, budget: float, window: float = BIAS_WINDOW, steepness: float = BIAS_STEEPNESS) -> torch.Tensor:
+    """The ``</think>`` bias ramp r(t) ∈ [0, 1]: 0 before the last ``window`` of the budget, then a
+    sigmoid over it, rescaled to run from exactly 0 at (1 − window)·B to exactly 1 at B:
+    r = (σ(k(u − ½)) − σ(−k/2)) / (σ(k/2) − σ(−k/2)), u = (t − (1 − window)·B)/(window·B)."""
+    u = ((_real(count) - (1.0 - window) * budget) / (window * budget)).clamp(0.0, 1.0)
+    lo, hi = 1.0 / (1.0 + math.exp(steepness / 2)), 1.0 / (1.0 + math.exp(-steepness / 2))
+    return (torch.sigmoid(steepness * (u - 0.5)) - lo) / (hi - lo)
+
+
+def biased_close_logit(close: torch.Tensor, top: torch.Tensor, ramp: torch.Tensor, margin: float) -> torch.Tensor:
+    """vLLM PR #45727's nudge: the ``</think>`` logit pulled a fraction ``ramp`` of the way to the
+    winning logit less ``margin``, never lowered: max(z_end, z_end + r·((z_top − margin) − z_end))."""
+    return torch.maximum(close, close + ramp * ((top - margin) - close))
+
+
+def lambda_for_length(curve: Mapping[float, float], tokens: float) -> float:
+    """The λ whose mean thinking is ``tokens`` on a calibrated λ → mean-thinking-tokens curve.
+
+    The curve is read in λ order and interpolated linearly on the first segment that brackets the
+    target; a target outside the curve's range gets the λ of the end nearest to it (the dial goes no
+    further than it was measured).
+    """
+    points = sorted((validate_lambda(lam), float(t)) for lam, t in curve.items())
+    if not points:
+        raise ConfigError("the length model has no points: calibrate it on a λ sweep")
+    for (a, ta), (b, tb) in zip(points, points[1:]):
+        if min(ta, tb) <= tokens <= max(ta, tb):
+            return a if ta == tb else a + (tokens - ta) * (b - a) / (tb - ta)
+    return min(points, key=lambda p: abs(p[1] - tokens))[0]
+
+
+class LambdaSchedule:
+    """One request's control during decoding, per row: λ from the thinking tokens so far, or the bias.
+
+    ``base`` holds each row's request λ (λ₀); ``config`` is the control (:class:`ScheduleConfig`),
+    ``budget`` its B (soft, bias) or N (target). Rows are dropped with :meth:`select` as they finish.
+    """
+
+    def __init__(self, config: ScheduleConfig, budget: int, base: torch.Tensor) -> None:
+        if config.control not in ("soft", "bias", "target"):
+            raise ValueError(f"no λ schedule for control {config.control!r}")
+        self.config, self.budget, self.base = config, float(budget), base.clone()
+        self.fast = config.value("fast_lambda")
+
+    @property
+    def moves_lambda(self) -> bool:
+        return self.config.control != "bias" and bool((self.base != self.fast).any())
+
+    def lambdas(self, count: torch.Tensor) -> torch.Tensor:
+        """λ per row at ``count`` thinking tokens so far."""
+        c = self.config
+        if c.control == "soft":
+            return soft_budget_lambda(count, self.budget, self.base, self.fast, c.value("ramp_start"), c.value("ramp_end"))
+        if c.control == "target":
+            return target_lambda(count, self.budget, self.base, self.fast, c.value("target_tolerance"))
+        return self.base
+
+    def bias(self, logits: torch.Tensor, count: torch.Tensor, inside: torch.Tensor, close_id: int) -> torch.Tensor:
+        """``logits`` with the ``</think>`` nudge on rows inside their block (bias control only)."""
+        if self.config.control != "bias":
+            return logits
+        ramp = bias_ramp(count, self.budget).to(logits.dtype) * inside
+        if not bool((ramp > 0).any()):
+            return logits
+        logits = logits.clone()
+        logits[:, close_id] = biased_close_logit(logits[:, close_id], logits.max(dim=-1).values, ramp,
+                                                 self.config.value("bias_margin"))
+        return logits
+
+    def select(self, keep: torch.Tensor) -> None:
+        self.base = self.base[keep]
 
 
 class ThinkingControl:
@@ -57,7 +191,7 @@ class ThinkingControl:
     Counting matches :func:`thinkctl.thinking.count_thinking_tokens`: the tokens strictly inside the
     first block, from the first response token when the prompt opened the block (``inside``), a stray
     ``<think>`` inside it not counted. So a budget of B yields exactly B thinking tokens by that count,
-    then ``</think>``.
+    then ``</think>``. A ``schedule`` moves each row's λ (or its ``</think>`` logit) with that count.
     """
 
     def __init__(
@@ -68,17 +202,31 @@ class ThinkingControl:
         min_tokens: int | None,
         stop_token_ids: Sequence[int],
         device: torch.device | str = "cpu",
+        schedule: LambdaSchedule | None = None,
     ) -> None:
         self.open_id, self.close_id = markers
         self.max_tokens, self.min_tokens = max_tokens, min_tokens
+        self.schedule = schedule
         self.held_back = torch.as_tensor([self.close_id, *stop_token_ids], device=device)
         self.inside = torch.as_tensor(list(inside), dtype=torch.bool, device=device)
         self.closed = torch.zeros_like(self.inside)
         self.count = torch.zeros(self.inside.shape, dtype=torch.long, device=device)
         self.at_budget = torch.zeros_like(self.inside)
 
+    def lambdas(self, current: torch.Tensor) -> torch.Tensor:
+        """Each row's λ for this step: the schedule's until its think block closes, then frozen."""
+        if self.schedule is None or not self.schedule.moves_lambda:
+            return current
+        return torch.where(self.closed, current, self.schedule.lambdas(self.count).to(current.dtype))
+
+    def lambda_may_change(self) -> bool:
+        """Whether some row's λ may still move (its think block has not closed)."""
+        return self.schedule is not None and self.schedule.moves_lambda and not bool(self.closed.all())
+
     def constrain(self, logits: torch.Tensor) -> torch.Tensor:
-        """``logits`` with the budget and floor applied (a new tensor when anything changes)."""
+        """``logits`` with the bias ramp, the budget and the floor applied (a new tensor when anything changes)."""
+        if self.schedule is not None:
+            logits = self.schedule.bias(logits, self.count, self.inside, self.close_id)
         self.at_budget = self.inside & (self.count >= self.max_tokens) if self.max_tokens is not None else torch.zeros_like(self.inside)
         below = self.inside & (self.count < self.min_tokens) if self.min_tokens else torch.zeros_like(self.inside)
         if not bool(self.at_budget.any() | below.any()):
@@ -100,6 +248,8 @@ class ThinkingControl:
 
     def select(self, keep: torch.Tensor) -> None:
         self.inside, self.closed, self.count = self.inside[keep], self.closed[keep], self.count[keep]
+        if self.schedule is not None:
+            self.schedule.select(keep)
 
 
 class _StreamState:
@@ -167,9 +317,10 @@ def fused_generate(
     """Generate from ``λ·z_aligned + (1−λ)·z_ref`` for a left-padded batch of prompts.
 
     ``aligned`` may be None only when every λ is 0 (plain decoding of ``ref``). ``lam`` is one float
-    or one value per row; ``thinking`` (one state per row) bounds the think block. When sampling, row
-    ``i`` draws from its own generator seeded with ``seeds[i]`` (default: ``sampling.seed + i``), so a
-    sequence's draws do not depend on its batch. Returns tokens per row in input order.
+    or one value per row; ``thinking`` (one state per row) bounds the think block and, with a
+    schedule, moves λ per row and step. When sampling, row ``i`` draws from its own generator seeded
+    with ``seeds[i]`` (default: ``sampling.seed + i``), so a sequence's draws do not depend on its batch.
+    Returns tokens per row in input order.
     """
     batch = input_ids.shape[0]
     device = input_ids.device
@@ -179,6 +330,9 @@ def fused_generate(
         raise ValueError(f"got {lams.numel()} λ values for a batch of {batch}")
     if aligned is None and bool((lams != 0).any()):
         raise ValueError("λ ≠ 0 needs an aligned stream; only a reference was given")
+    if aligned is None and thinking is not None and thinking.lambda_may_change():
+        raise ValueError("a λ schedule moves λ away from 0 and needs an aligned stream; only a reference was given")
+    trace: list[list[float]] | None = [[] for _ in range(batch)] if thinking is not None and thinking.lambda_may_change() else None
     stop = torch.as_tensor(list(stop_token_ids), device=device)
     generators: list[torch.Generator] = []
     if not sampling.greedy:
@@ -192,10 +346,11 @@ def fused_generate(
         streams["aligned"] = _StreamState(aligned)
 
     def needed() -> list[str]:
+        varying = thinking is not None and thinking.lambda_may_change()
         names = []
-        if bool((lams != 1).any()):
+        if varying or bool((lams != 1).any()):
             names.append("ref")
-        if "aligned" in streams and bool((lams != 0).any()):
+        if "aligned" in streams and (varying or bool((lams != 0).any())):
             names.append("aligned")
         return names
 
@@ -211,6 +366,8 @@ def fused_generate(
     forced = [False] * batch
     last_pos = pos[:, -1]
     for step in range(sampling.max_new_tokens):
+        if thinking is not None:
+            lams = thinking.lambdas(lams)
         z_ref = streams["ref"].logits if "ref" in live else None
         z_al = streams["aligned"].logits if "aligned" in live else None
         if z_ref is None:
@@ -228,6 +385,9 @@ def fused_generate(
                 forced[i] = True
         for i, tok in zip(rows.tolist(), next_tokens.tolist()):
             out_tokens[i].append(tok)
+        if trace is not None:
+            for i, lam_i in zip(rows.tolist(), lams.tolist()):
+                trace[i].append(lam_i)
         done = torch.isin(next_tokens, stop)
         for i in rows[done].tolist():
             finish[i] = "stop"
@@ -245,4 +405,4 @@ def fused_generate(
         last_pos = last_pos + 1
         for name in live:
             streams[name].forward(next_tokens.unsqueeze(-1), mask, last_pos.unsqueeze(-1))
-    return GenerationResult(out_tokens, finish, forced if thinking is not None else None)
+    return GenerationResult(out_tokens, finish, forced if thinking is not None else None, trace)

@@ -59,6 +59,9 @@ class SampleRecord:
     thinking_forced: bool | None = None  # a thinking budget closed the think block (None: no budget set)
     route_point: str | None = None  # routed records: the routing policy that chose λ
     route_estimator: str | None = None  # routed records: the router's estimator
+    control: str | None = None  # the control acting while it thought: hard | soft | bias | target (None: λ alone)
+    thinking_budget: int | None = None  # that control's budget B (target: its target N)
+    final_lam: float | None = None  # the λ thinking ended with (a schedule moves λ from `lam`, the request's λ)
 
     @property
     def key(self) -> RecordKey:
@@ -87,9 +90,11 @@ class SampleRecord:
             raise DataFormatError(f"{where} has correct={values['correct']!r}: it must be true or false")
         if values.get("thinking_closed") not in (None, True, False):
             raise DataFormatError(f"{where} has thinking_closed={values['thinking_closed']!r}: it must be true, false or null")
-        level = values.get("level")
+        level, budget, final = values.get("level"), values.get("thinking_budget"), values.get("final_lam")
         return cls(**{
             **values,
+            "thinking_budget": None if budget is None else int(budget),
+            "final_lam": None if final is None else float(final),
             "problem_id": str(values["problem_id"]),
             "level": None if level is None else int(level),
             "lam": float(values["lam"]),
@@ -114,7 +119,9 @@ def graded_record(
         lam=completion.lam, sample=sample, response=completion.text, answer=result.answer, gold=problem.answer,
         correct=result.correct, thinking_tokens=result.thinking_tokens, total_tokens=completion.num_tokens,
         finish_reason=completion.finish_reason, thinking_closed=result.thinking_closed,
-        thinking_forced=completion.meta.get("thinking_forced"),
+        thinking_forced=completion.meta.get("thinking_forced"), control=completion.meta.get("control"),
+        thinking_budget=completion.meta.get("thinking_budget") if completion.meta.get("control") else None,
+        final_lam=completion.meta.get("final_lambda"),
     )
 
 
@@ -153,8 +160,11 @@ def records_frame(records: Iterable[SampleRecord | Mapping[str, Any]]) -> pd.Dat
 
 
 def drop_overlaps(df: pd.DataFrame) -> pd.DataFrame:
-    """Count each sample once when runs overlap (a realign run's reference rows are a sweep's λ=0 rows)."""
-    key = ["benchmark", "method", "model", "problem_id", "lam", "sample", "route_point"]
+    """Count each sample once when runs overlap (a realign run's reference rows are a sweep's λ=0 rows).
+
+    A control's runs at several budgets share every other key, so the control and budget are part of it.
+    """
+    key = ["benchmark", "method", "model", "problem_id", "lam", "sample", "route_point", "control", "thinking_budget"]
     return df[~df[key].astype(str).duplicated()].reset_index(drop=True)
 
 

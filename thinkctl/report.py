@@ -41,7 +41,8 @@ def reference_records(records: pd.DataFrame, benchmark: str, method: str, models
     routed policies) against the λ = 0 of the dial it came from when the records say so (routed
     records keep the swept ``model``), else the fused pair's λ = 0 of the same benchmark.
     """
-    zero = records[(records["benchmark"] == benchmark) & (records["lam"] == 0.0) & records["method"].isin(REFERENCE_METHODS)]
+    zero = records[(records["benchmark"] == benchmark) & (records["lam"] == 0.0) & records["method"].isin(REFERENCE_METHODS)
+                   & records["control"].isna()]  # a budget's or a schedule's λ = 0 records are not the model as it is
     if method in REFERENCE_METHODS:
         candidates = [zero[zero["method"] == method]]
     else:
@@ -204,22 +205,32 @@ METHOD_ORDER = ("fused", "routed", "student", "inra", "plain")
 THINK_LABEL = "mean thinking tokens per query"
 
 
-def point_label(method: str, lam: float, route_point: object) -> str:
-    """The name of one trade-off point: ``λ=0.5`` for fixed-λ methods, the routing policy for routed ones."""
+def point_label(method: str, lam: float, route_point: object, control: object = None, budget: object = None) -> str:
+    """The name of one trade-off point: ``λ=0.5`` for fixed-λ methods, the routing policy for routed ones,
+    the control and its budget (``soft B=50``, ``target N=60``) for records a thinking control acted on."""
     if method == "routed" and isinstance(route_point, str):
         return route_point
+    if isinstance(control, str):
+        shown = "?" if budget is None or pd.isna(budget) else f"{budget:g}"
+        return f"{control} {'N' if control == 'target' else 'B'}={shown} (λ={lam:g})"
     return f"λ={lam:g}"
+
+
+def _point_labels(records: pd.DataFrame) -> list[str]:
+    return [point_label(m, lam, rp, c, b) for m, lam, rp, c, b in zip(
+        records["method"], records["lam"], records["route_point"], records["control"], records["thinking_budget"])]
 
 
 def point_summary(records: pd.DataFrame) -> pd.DataFrame:
     """One row per (benchmark, method, point) — a fixed λ, or a routing policy (its records mix λ values) —
     with the statistics of :func:`group_summary`."""
     df = records.assign(
-        point=[point_label(m, lam, rp) for m, lam, rp in zip(records["method"], records["lam"], records["route_point"])],
+        point=_point_labels(records),
         lam_key=records["lam"].where(records["method"] != "routed"),
     )
     keys = ["benchmark", "method", "point"]
-    lam = df.groupby(keys, sort=False).agg(lam=("lam_key", "first"), mean_lam=("lam", "mean")).reset_index()
+    lam = df.groupby(keys, sort=False).agg(lam=("lam_key", "first"), mean_lam=("lam", "mean"),
+                                           control=("control", "first")).reset_index()
     summary = group_summary(df, keys).merge(lam, on=keys)
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     summary["_m"] = summary["method"].map(lambda m: order.get(m, len(order)))
@@ -281,7 +292,12 @@ def plot_pareto(points: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
                     _errorbar(ax, [row["mean_thinking_tokens"]], row.to_frame().T, "*", color=color, ms=15,
                               label=f"routed ({row['point']})")
                 continue
-            g = g.sort_values("lam")
+            for control, line in g[g["control"].notna()].groupby("control"):
+                line = line.sort_values("mean_thinking_tokens")
+                _errorbar(ax, line["mean_thinking_tokens"], line, "s--", ms=4, label=f"{method}, {control} control (budgets)")
+            g = g[g["control"].isna()].sort_values("lam")
+            if g.empty:
+                continue
             line = _errorbar(ax, g["mean_thinking_tokens"], g, "o-", label=f"{method} (fixed λ)")
             labels.append((ax, g, line.get_color()))
         ax.set(xlabel=THINK_LABEL, ylabel="accuracy (%), avg@k with 95% CI",
@@ -301,7 +317,7 @@ def plot_token_lengths(records: pd.DataFrame, path: str | os.PathLike[str]) -> P
     """Box plots of per-sample thinking tokens per λ, one panel per (benchmark, fixed-λ method); a λ
     whose samples hit the token limit says how many under its tick (those lengths are the cap, not a choice)."""
     plt = _pyplot()
-    fixed = records[records["method"] != "routed"]
+    fixed = records[(records["method"] != "routed") & records["control"].isna()]
     panels = [(b, m) for b in sorted(fixed["benchmark"].unique()) for m in _methods(fixed[fixed["benchmark"] == b])]
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
@@ -334,7 +350,7 @@ def plot_accuracy_by_level(records: pd.DataFrame, path: str | os.PathLike[str]) 
     fig, axes = plt.subplots(1, len(benchmarks), figsize=(6 * len(benchmarks), 4.4), constrained_layout=True, squeeze=False)
     for ax, benchmark in zip(axes[0], benchmarks):
         sub = df[df["benchmark"] == benchmark]
-        fixed = sub[sub["method"] != "routed"]
+        fixed = sub[(sub["method"] != "routed") & sub["control"].isna()]
         if len(fixed):
             main = max(_methods(fixed), key=lambda m: fixed.loc[fixed["method"] == m, "lam"].nunique())
             g = fixed[fixed["method"] == main]
@@ -352,6 +368,115 @@ def plot_accuracy_by_level(records: pd.DataFrame, path: str | os.PathLike[str]) 
         ax.set_xticks(sorted(sub["level"].unique()))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
+    return _savefig(fig, Path(path))
+
+
+# ---------------------------------------------------------------- anytime curves (accuracy vs thinking budget per control)
+
+ANYTIME_PNG = "anytime.png"
+#: the order curves are listed in: budget controls first, then the references they are measured against
+CURVE_ORDER = ("hard", "bias", "soft", "target", "fixed")
+
+
+def area_under_curve(budgets: Sequence[float], accuracies: Sequence[float], lo: float, hi: float) -> float:
+    """The mean of a piecewise-linear accuracy curve over the budget range [lo, hi]: ∫ acc db / (hi − lo).
+
+    Normalised by the range, so it is an accuracy (1 = right at every budget) and curves over one range
+    compare directly; NaN when the points do not span the range (the curve is not known over all of it).
+    """
+    x, y = np.asarray(budgets, dtype=np.float64), np.asarray(accuracies, dtype=np.float64)
+    order = np.argsort(x)
+    x, y = x[order], y[order]
+    if not len(x) or x[0] > lo or x[-1] < hi:
+        return float("nan")
+    if hi == lo:
+        return float(np.interp(lo, x, y))
+    grid = np.unique(np.concatenate([[lo, hi], x[(x > lo) & (x < hi)]]))
+    return float(np.trapezoid(np.interp(grid, x, y), grid) / (hi - lo))
+
+
+def _route_budget(point: object) -> float:
+    text = str(point)
+    return float(text.split("budget=")[1].split()[0]) if "budget=" in text else float("nan")
+
+
+def anytime_points(records: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy against thinking budget: one row per (benchmark, curve, budget).
+
+    Curves: each thinking control at its budgets (target mode at its targets); ``fixed``, the envelope
+    of the fixed-λ dial, at each budget the most accurate λ whose mean thinking fits in it (an oracle
+    that picks λ per budget on the test set itself, accuracy 0 where no λ fits); and ``router``, the
+    routed budget-mode policies at their mean budget. Each point keeps its avg@k 95% interval.
+    """
+    controlled = records[records["control"].notna()]
+    columns = ["benchmark", "curve", "budget", "lam", "n", "accuracy", "accuracy_low", "accuracy_high", "mean_thinking_tokens"]
+    if controlled.empty:
+        return pd.DataFrame(columns=columns)
+    parts = []
+    several = controlled.groupby("benchmark")["method"].nunique().to_dict()
+    for (benchmark, method, control, budget), g in controlled.groupby(
+            ["benchmark", "method", "control", "thinking_budget"], sort=False):
+        row = group_summary(g, ["benchmark"]).iloc[0]
+        curve = f"{control} ({method})" if several[benchmark] > 1 else control
+        parts.append({**row[columns[4:]].to_dict(), "benchmark": benchmark, "curve": curve, "budget": float(budget),
+                      "lam": float(g["lam"].iat[0])})
+    grid = controlled.groupby("benchmark")["thinking_budget"].unique()
+    fixed = records[records["control"].isna() & records["method"].isin(REFERENCE_METHODS)]
+    for (benchmark, method), g in fixed.groupby(["benchmark", "method"]):
+        if benchmark not in grid.index:
+            continue
+        per_lam = group_summary(g, ["lam"])
+        for budget in sorted(grid[benchmark]):
+            fits = per_lam[per_lam["mean_thinking_tokens"] <= budget]
+            best = fits.sort_values(["accuracy", "mean_thinking_tokens"], ascending=[False, True]).head(1)
+            row = ({k: best[k].iat[0] for k in columns[3:]} if len(best) else
+                   {"lam": float("nan"), "n": 0, "accuracy": 0.0, "accuracy_low": float("nan"),
+                    "accuracy_high": float("nan"), "mean_thinking_tokens": float("nan")})
+            curve = f"fixed ({method})" if several.get(benchmark, 1) > 1 or fixed["method"].nunique() > 1 else "fixed"
+            parts.append({**row, "benchmark": benchmark, "curve": curve, "budget": float(budget)})
+    routed = records[(records["method"] == "routed") & records["route_point"].astype(str).str.contains("budget=")]
+    for (benchmark, point), g in routed.groupby(["benchmark", "route_point"]):
+        row = group_summary(g, ["benchmark"]).iloc[0]
+        parts.append({**row[columns[4:]].to_dict(), "benchmark": benchmark, "curve": f"router ({str(point).split()[0]})",
+                      "budget": _route_budget(point), "lam": float(g["lam"].mean())})
+    out = pd.DataFrame(parts, columns=columns)
+    order = {c: i for i, c in enumerate(CURVE_ORDER)}
+    out["_c"] = out["curve"].map(lambda c: order.get(c.split()[0], len(order)))
+    return out.sort_values(["benchmark", "_c", "curve", "budget"]).drop(columns="_c").reset_index(drop=True)
+
+
+def anytime_areas(points: pd.DataFrame) -> pd.DataFrame:
+    """Per benchmark and curve, the area under accuracy vs budget over the benchmark's control budget
+    range, normalised by the range (:func:`area_under_curve`)."""
+    rows = []
+    for benchmark, sub in points.groupby("benchmark", sort=False):
+        controls = sub[~sub["curve"].str.startswith(("fixed", "router"))]
+        lo, hi = controls["budget"].min(), controls["budget"].max()
+        for curve, g in sub.groupby("curve", sort=False):
+            rows.append({"benchmark": benchmark, "curve": curve, "budget range": f"{lo:g}–{hi:g}", "points": len(g),
+                         "area (mean accuracy %)": round(100 * area_under_curve(g["budget"], g["accuracy"], lo, hi), 1),
+                         "per-prompt router": curve.startswith("router")})
+    return pd.DataFrame(rows)
+
+
+def plot_anytime(points: pd.DataFrame, areas: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Accuracy (with 95% intervals) against thinking budget, one panel per benchmark, one line per control;
+    each legend entry carries the curve's area (mean accuracy over the budget range)."""
+    plt = _pyplot()
+    benchmarks = list(points["benchmark"].unique())
+    fig, axes = plt.subplots(1, len(benchmarks), figsize=(6.2 * len(benchmarks), 4.8), constrained_layout=True, squeeze=False)
+    for ax, benchmark in zip(axes[0], benchmarks):
+        sub = points[points["benchmark"] == benchmark]
+        area = areas[areas["benchmark"] == benchmark].set_index("curve")["area (mean accuracy %)"]
+        for curve, g in sub.groupby("curve", sort=False):
+            g = g.sort_values("budget")
+            style = "D:" if curve.startswith("router") else "o--" if curve.startswith("fixed") else "o-"
+            _errorbar(ax, g["budget"], g, style, ms=5, label=f"{curve} (area {area.get(curve, float('nan')):.1f})")
+        ax.set(xlabel="thinking budget (tokens; target mode: its target; router: its mean budget)",
+               ylabel="accuracy (%), avg@k with 95% CI", title=f"{benchmark}: anytime accuracy per control",
+               ylim=accuracy_limits(sub["accuracy_low"].fillna(sub["accuracy"]), sub["accuracy_high"].fillna(sub["accuracy"])))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
     return _savefig(fig, Path(path))
 
 
@@ -380,8 +505,8 @@ def _report_tables(points: pd.DataFrame, records: pd.DataFrame) -> dict[str, lis
         tables = [("Accuracy and thinking length per method and λ", table)]
         sub = records[(records["benchmark"] == benchmark) & pd.to_numeric(records["level"], errors="coerce").notna()]
         if len(sub):
-            sub = sub.assign(level=sub["level"].astype(int), point=[
-                f"{m} {point_label(m, lam, rp)}" for m, lam, rp in zip(sub["method"], sub["lam"], sub["route_point"])])
+            sub = sub.assign(level=sub["level"].astype(int),
+                             point=[f"{m} {p}" for m, p in zip(sub["method"], _point_labels(sub))])
             by_level = 100 * sub.pivot_table(index="point", columns="level", values="correct", aggfunc="mean", sort=False)
             by_level = by_level[sorted(by_level.columns)].round(1)
             by_level.columns = [f"level {c} acc %" for c in by_level.columns]
@@ -412,7 +537,7 @@ def across_benchmarks(points: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _md_table(df: pd.DataFrame) -> str:
+def markdown_table(df: pd.DataFrame) -> str:
     def cell(v: object) -> str:
         return "" if isinstance(v, float) and pd.isna(v) else f"{v:g}" if isinstance(v, float) else str(v)
 
@@ -455,6 +580,21 @@ def build_report(
     if len(sections) > 1:
         sections = {"All benchmarks": [("Accuracy and thinking reduction per benchmark, and the mean reduction",
                                         across_benchmarks(points))], **sections}
+    anytime = anytime_points(records)
+    if len(anytime):
+        areas = anytime_areas(anytime)
+        atomic_write_text(out_dir / "anytime.csv", anytime.to_csv(index=False))
+        figures.insert(1, ("Anytime curves: accuracy vs thinking budget per control", plot_anytime(anytime, areas, out_dir / ANYTIME_PNG)))
+        table = anytime.assign(**{
+            "accuracy %": (100 * anytime["accuracy"]).round(1),
+            "95% CI": [_interval(lo, hi) for lo, hi in zip(anytime["accuracy_low"], anytime["accuracy_high"])],
+            "mean thinking tokens": anytime["mean_thinking_tokens"].round(1), "λ": anytime["lam"].round(3),
+        })[["benchmark", "curve", "budget", "λ", "n", "accuracy %", "95% CI", "mean thinking tokens"]]
+        sections = {"Anytime curves": [
+            ("Area under accuracy vs thinking budget: the mean accuracy over the control budget range (trapezoids "
+             "between budgets, divided by the range; blank where a curve does not span it)", areas),
+            ("Accuracy vs thinking budget per control (fixed: the most accurate fixed λ whose mean thinking fits the "
+             "budget, 0 where none does)", table)], **sections}
 
     shown = [_relative_to(p, out_dir) for p in paths]
     sources = ", ".join(f"`{p}`" for p in shown)
@@ -472,7 +612,7 @@ def build_report(
         md += [f"## {heading}", ""]
         body.append(f"<h2>{html.escape(heading)}</h2>")
         for caption, df in items:
-            md += [f"### {caption}", "", _md_table(df), ""]
+            md += [f"### {caption}", "", markdown_table(df), ""]
             body += [f"<h3>{html.escape(caption)}</h3>", df.to_html(index=False, na_rep="", border=0, classes="t")]
     md += ["## Figures", ""]
     body.append("<h2>Figures</h2>")

@@ -20,7 +20,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from thinkctl.config import group, lambda_grid_option, option
+from thinkctl.config import group, lambda_grid_option, lambda_option, option
 from thinkctl.data import PLAIN, Problem, benchmark_name, load_benchmark, render_prompt
 from thinkctl.errors import ConfigError, Interrupted
 from thinkctl.io import append_jsonl, drop_partial_tail
@@ -44,6 +44,38 @@ def _benchmark_list(value: str | Sequence[str]) -> list[str]:
     return names
 
 
+def _control_list(value: str | Sequence[str]) -> list[str]:
+    """A control grid such as ``hard,soft,fixed`` (a flag) or a YAML list; each known, none twice."""
+    from thinkctl.sampling import CONTROLS
+
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = [str(v).strip() for v in items if str(v).strip()]
+    known = (*CONTROLS, "fixed")
+    bad = [n for n in names if n not in known]
+    if bad or len(set(names)) != len(names):
+        raise ConfigError(f"controls: each of {', '.join(known)} at most once, got {names}")
+    return names
+
+
+def _budget_list(value: str | Sequence[object]) -> list[int]:
+    """A budget (or target) grid: positive integers without repeats, ``20,50,130`` or a YAML list."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out = []
+    for v in items:
+        if isinstance(v, str) and not v.strip():
+            continue
+        try:
+            n = int(v) if not isinstance(v, bool) and float(v) == int(float(v)) else None
+        except (TypeError, ValueError):
+            n = None
+        if n is None or n < 1:
+            raise ConfigError(f"budget and target grids hold positive whole numbers of thinking tokens, got {v!r}")
+        out.append(n)
+    if len(set(out)) != len(out):
+        raise ConfigError(f"the grid {out} lists a value twice")
+    return out
+
+
 @dataclass
 class SweepConfig:
     """What to sweep: the ``sweep:`` section of a recipe, and the flags of ``thinkctl sweep``/``demo``.
@@ -64,6 +96,19 @@ class SweepConfig:
     lambdas: list[float] = lambda_grid_option((0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5), "comma-separated λ grid, e.g. 0,0.5,1,1.5")
     n_samples: int = option(1, "samples per problem and λ (avg@k accuracy over them)")
     chunk_size: int = option(64, "prompts per generation call; each call's records are saved as soon as it is graded")
+    controls: list[str] = option(default_factory=list, parse=_control_list, check=_control_list,
+                                 help="compare controls side by side, each (control, budget) in its own OUT/<control>-<budget>/: "
+                                      "comma-separated of hard, soft, bias, target (over the budget/target grid) and fixed "
+                                      "(the λ grid, in OUT/fixed/); OUT/summary.csv has a row per (control, budget)")
+    budgets: list[int] = option(default_factory=list, parse=_budget_list, check=_budget_list,
+                                help="thinking-budget grid of the hard, soft and bias controls, e.g. 20,50,130")
+    targets: list[int] | None = option(None, parse=_budget_list, check=_budget_list,
+                                       help="target grid (thinking tokens) of the target control (default: the budget grid)")
+    control_lambda: float = lambda_option(0.0, "the request λ of the hard, soft and bias controls (and target's start λ "
+                                               "where no length model is given)")
+    control_effort: str | None = option(None, "effort table for the controls (level=λ pairs, .json, or a sweep run dir to "
+                                              "calibrate on): its `low` is the default fast_lambda, its calibrated λ → "
+                                              "thinking curve picks target mode's start λ")
     sampling: SamplingConfig = group(SamplingConfig)
     prompt: PromptConfig = group(PromptConfig)
     backend: BackendConfig = group(BackendConfig)
@@ -75,6 +120,12 @@ class SweepConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be at least 1 (leave it out for the whole benchmark), got {self.limit}")
+        if self.controls:
+            if self.sampling.control is not None:
+                raise ConfigError("controls runs each control at each budget itself: leave control, max_thinking_tokens and "
+                                  "thinking_target unset next to it")
+            if not self.budgets and set(self.controls) - {"fixed"} - ({"target"} if self.targets else set()):
+                raise ConfigError(f"controls {self.controls} need a budget grid: set budgets, e.g. 20,50,130")
 
     def problems(self) -> dict[str, list[Problem]]:
         """Each benchmark's problems under the name its records carry."""

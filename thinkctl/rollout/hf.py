@@ -12,7 +12,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from thinkctl.batch import pad
-from thinkctl.decoding import LogitStream, ThinkingControl, fused_generate
+import torch
+
+from thinkctl.decoding import LambdaSchedule, LogitStream, ThinkingControl, fused_generate
 from thinkctl.errors import ConfigError
 from thinkctl.models import check_same_vocab, load_causal_lm, load_tokenizer
 from thinkctl.rollout.base import Completion, GenerationInterrupted, RolloutBackend, broadcast_lambdas, prompt_seeds
@@ -83,8 +85,8 @@ class HFBackend(RolloutBackend):
                 thinking = None
                 if markers is not None:
                     inside = [prompt_opens_thinking(prompts[i]) for i in idx]
-                    thinking = ThinkingControl(markers, inside, sampling.max_thinking_tokens, sampling.min_thinking_tokens,
-                                               self.stop_token_ids, self.device)
+                    thinking = ThinkingControl(markers, inside, sampling.thinking_cap, sampling.thinking_floor,
+                                               self.stop_token_ids, self.device, self._schedule(sampling, [lams[i] for i in idx]))
                 out = fused_generate(
                     self.reference, self.aligned, input_ids.to(self.device), mask.to(self.device), [lams[i] for i in idx],
                     sampling, self.stop_token_ids, thinking, None if row_seeds is None else [row_seeds[i] for i in idx],
@@ -94,6 +96,10 @@ class HFBackend(RolloutBackend):
                     meta: dict[str, object] = {}
                     if out.thinking_forced is not None:
                         meta = {"thinking_budget": sampling.max_thinking_tokens, "thinking_forced": out.thinking_forced[row]}
+                    if sampling.control is not None:
+                        trace = out.lambdas[row] if out.lambdas is not None else []
+                        meta.update(control=sampling.control, final_lambda=trace[-1] if trace else lams[i],
+                                    thinking_budget=sampling.schedule.thinking_target or sampling.max_thinking_tokens)
                     results[i] = Completion(
                         text=self.tokenizer.decode(ids, skip_special_tokens=True),
                         token_ids=ids,
@@ -105,6 +111,18 @@ class HFBackend(RolloutBackend):
             raise GenerationInterrupted(results) from None
         return [results[i] for i in range(len(prompts))]
 
+    def _schedule(self, sampling: SamplingConfig, lams: Sequence[float]) -> LambdaSchedule | None:
+        """The λ schedule of ``sampling``'s control for rows at ``lams`` (None for the hard cap or no control)."""
+        schedule = sampling.schedule
+        if schedule.control in (None, "hard"):
+            return None
+        if self.aligned is None and schedule.control != "bias" and any(lam != schedule.value("fast_lambda") for lam in lams):
+            raise ConfigError(f"the {schedule.control} control moves λ towards fast_lambda={schedule.value('fast_lambda'):g} "
+                              "and needs an aligned model (--aligned, or an --inra checkpoint)")
+        budget = schedule.thinking_target if schedule.control == "target" else sampling.max_thinking_tokens
+        assert budget is not None  # SamplingConfig checks that the control has its budget or target
+        return LambdaSchedule(schedule, budget, torch.tensor(list(lams), dtype=torch.float32, device=self.device))
+
     def _think_markers(self, sampling: SamplingConfig) -> tuple[int, int] | None:
         """The think-marker ids when ``sampling`` bounds thinking (None when it does not)."""
         if not sampling.controls_thinking:
@@ -112,7 +130,7 @@ class HFBackend(RolloutBackend):
         markers = think_token_ids(self.tokenizer)
         if markers is None:
             raise ConfigError(
-                "max_thinking_tokens/min_thinking_tokens need <think> and </think> as single tokens of the tokenizer, "
+                "max_thinking_tokens/min_thinking_tokens/control need <think> and </think> as single tokens of the tokenizer, "
                 "and this one has not: the model has no think block to bound"
             )
         return markers

@@ -159,6 +159,9 @@ class VLLMBackend(RolloutBackend):
         """
         if sampling.min_thinking_tokens is not None:
             raise ConfigError("min_thinking_tokens is not supported by the vLLM engine (vLLM has no thinking floor); use --engine hf")
+        if sampling.control not in (None, "hard"):
+            raise ConfigError(f"control {sampling.control!r} (a λ schedule during decoding) runs on the transformers engine "
+                              "only for now; use --engine hf")
         budget = sampling.max_thinking_tokens
         if budget is None:
             return None
