@@ -11,13 +11,18 @@ An InRa checkpoint is a directory with
 * merged: ``model.safetensors`` with the base weights under their usual Hugging Face names
   (``model.embed_tokens.weight``, ``model.layers.N.…``, ``model.norm.weight``, ``lm_head.weight`` when
   untied) plus the same ``model.adapter_layers.*`` tensors;
-* tokenizer files.
+* tokenizer files;
+* ``modeling_inra.py`` (a copy of :mod:`thinkctl.inra.modeling_inra`, which imports only torch and
+  transformers) and ``"auto_map"`` in ``config.json`` naming its classes, so
+  ``AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`` loads the checkpoint without thinkctl;
+* ``README.md``: a model card (see :mod:`thinkctl.inra.card`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +43,9 @@ ARCHITECTURE = "InRaForCausalLM"
 ADAPTER_FILE = "adapter.safetensors"
 MERGED_FILE = "model.safetensors"
 ADAPTER_PREFIX = "model.adapter_layers"
+#: the transformers modelling file copied into each checkpoint, and the classes ``auto_map`` names in it
+MODELING_FILE = Path(__file__).with_name("modeling_inra.py")
+AUTO_MAP = {"AutoConfig": "modeling_inra.InRaConfig", "AutoModelForCausalLM": "modeling_inra.InRaForCausalLM"}
 # Config entries that describe the base's own shape; an adapter-only checkpoint refuses a base that differs.
 _SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size", "vocab_size")
 
@@ -68,6 +76,7 @@ def _recorded_base(name: str) -> str:
 def inra_config_dict(model: InRaModel, merged: bool) -> dict[str, Any]:
     config = model.base.config.to_dict()
     config["architectures"] = [ARCHITECTURE]
+    config["auto_map"] = dict(AUTO_MAP)
     config["inra"] = {
         "base_model": _recorded_base(model.base_name_or_path),
         "num_adapter_layers": model.num_adapter_layers,
@@ -104,6 +113,7 @@ def save_inra(
     (path / (ADAPTER_FILE if merged else MERGED_FILE)).unlink(missing_ok=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
+    shutil.copyfile(MODELING_FILE, path / MODELING_FILE.name)
     atomic_write_json(path / "config.json", inra_config_dict(model, merged))
     log.info("saved InRa checkpoint (%s) to %s", "merged" if merged else "adapter-only", path)
     return path
@@ -126,7 +136,7 @@ def is_inra_checkpoint(path: str | Path) -> bool:
 
 
 def _base_from_config(config: dict[str, Any], dtype: torch.dtype) -> nn.Module:
-    values = {k: v for k, v in config.items() if k not in ("inra", "architectures")}
+    values = {k: v for k, v in config.items() if k not in ("inra", "architectures", "auto_map")}
     base_config = AutoConfig.for_model(values.pop("model_type"), **values)
     return AutoModelForCausalLM.from_config(base_config, dtype=dtype)
 
