@@ -15,7 +15,7 @@ An InRa checkpoint is a directory with
 * ``modeling_inra.py`` (a copy of :mod:`thinkctl.inra.modeling_inra`, which imports only torch and
   transformers) and ``"auto_map"`` in ``config.json`` naming its classes, so
   ``AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`` loads the checkpoint without thinkctl;
-* ``README.md``: a model card (see :mod:`thinkctl.inra.card`).
+* ``README.md``: a model card (see :mod:`thinkctl.cards`; :func:`write_inra_card` adds a measured dial).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from thinkctl.errors import ModelLoadError
+from thinkctl.cards import dial_table, inra_card, write_card
+from thinkctl.errors import ConfigError, ModelLoadError
 from thinkctl.inra.model import InRaModel, make_identity_layer
 from thinkctl.io import atomic_write_json
 from thinkctl.models import load_causal_lm, load_tokenizer, resolve_dtype
@@ -114,9 +115,30 @@ def save_inra(
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
     shutil.copyfile(MODELING_FILE, path / MODELING_FILE.name)
-    atomic_write_json(path / "config.json", inra_config_dict(model, merged))
+    config = inra_config_dict(model, merged)
+    write_card(path, inra_card(path, config["inra"]))
+    atomic_write_json(path / "config.json", config)
     log.info("saved InRa checkpoint (%s) to %s", "merged" if merged else "adapter-only", path)
     return path
+
+
+def write_inra_card(path: str | Path, sweep: str | Path | None = None) -> Path:
+    """(Re)write the checkpoint's model card, with the measured dial of ``sweep`` (a sweep run directory of this
+    checkpoint, ``thinkctl sweep --inra PATH``, or its ``summary.csv``) when given; returns the card's path."""
+    info = read_inra_config(path)["inra"]
+    table = None
+    if sweep is not None:
+        import pandas as pd
+
+        csv = Path(sweep) / "summary.csv" if Path(sweep).is_dir() else Path(sweep)
+        if not csv.is_file():
+            raise ConfigError(f"no sweep summary at {csv}: give the run directory of `thinkctl sweep --inra {path}`")
+        summary = pd.read_csv(csv)
+        summary = summary[summary["method"] == "inra"] if "method" in summary.columns else summary
+        if summary.empty:
+            raise ConfigError(f"{csv} has no InRa rows (method 'inra'): sweep the checkpoint with `--inra {path}`")
+        table = dial_table(summary)
+    return write_card(path, inra_card(path, info, table))
 
 
 def read_inra_config(path: str | Path) -> dict[str, Any]:
