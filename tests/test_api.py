@@ -25,7 +25,7 @@ def _toy_world(root):
 
     tokenizer = build_tokenizer(vocab_size=300, n_problems=200)
     tokenizer.chat_template = CHAT_TEMPLATE.replace("{% if add_generation_prompt %}" + ASSISTANT,
-                                                    "{% if add_generation_prompt %}" + ASSISTANT + "<think>")
+                                                    "{% if add_generation_prompt %}" + ASSISTANT + "<think>\n")
     paths = {}
     for name, seed in (("REFERENCE", 0), ("ALIGNED", 1)):
         torch.manual_seed(seed)
@@ -42,7 +42,7 @@ def _toy_world(root):
                 for p in inra.adapter_parameters():
                     p.add_(torch.randn(p.shape) * 0.1)
             paths["INRA"] = save_inra(inra, root / "inra", tokenizer=tokenizer)
-    paths["SWEEP"] = api.sweep(api.load_pair(paths["REFERENCE"], paths["ALIGNED"]), root / "sweep", lambdas=[0, 0.5, 1],
+    paths["SWEEP"] = api.run_sweep(api.load_pair(paths["REFERENCE"], paths["ALIGNED"]), root / "sweep", lambdas=[0, 0.5, 1],
                                split="test", limit=6, max_new_tokens=8)
     return paths
 
@@ -91,14 +91,15 @@ def test_docstring_example(name, test, world, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a Trainer may write runs/ under the working directory
     test.globs = {"thinkctl": thinkctl, "tmp": tmp_path, **world}
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    runner.run(test, out=lambda s: print(s, end=""))
-    assert runner.failures == 0, f"{name}: {runner.failures} failing example(s); see the captured output"
+    report: list[str] = []
+    runner.run(test, out=report.append)  # doctest redirects stdout while it runs: collect its report instead
+    assert runner.failures == 0, "".join(report)
 
 
 def test_sweep_refuses_engine_settings_fixed_at_load(world, tmp_path):
     model = api.load_pair(world["REFERENCE"], world["ALIGNED"])
     with pytest.raises(thinkctl.ThinkctlError, match="fixed when the model is loaded"):
-        api.sweep(model, tmp_path / "x", device="cpu")
+        api.run_sweep(model, tmp_path / "x", device="cpu")
 
 
 def test_route_follows_the_policy_file(world, tmp_path):

@@ -6,7 +6,7 @@ beyond. The public API (each name documented with an example, see ``help(thinkct
 
     model = thinkctl.load_pair("reference-model", "aligned-model")   # or thinkctl.load_inra(checkpoint)
     model.generate("What is 17 * 23?", lam=0.5, max_thinking_tokens=256)
-    thinkctl.sweep(model, "runs/sweep", benchmark="math500", lambdas=[0, 0.5, 1])
+    thinkctl.run_sweep(model, "runs/sweep", benchmark="math500", lambdas=[0, 0.5, 1])
     thinkctl.calibrate_lambda(model, target_tokens=400, out="runs/calib")
     thinkctl.realign(reference, aligned, "runs/trra", lam=0.5)         # TrRa: distil a student at λ
     thinkctl.train_inra(base, "runs/inra", teacher=aligned)           # InRa: one model with a λ dial
@@ -30,7 +30,7 @@ __version__ = "0.1.0"
 #: public name → the module defining it (imported on first access)
 _EXPORTS: dict[str, str] = {
     **{name: "thinkctl.api" for name in (
-        "load_pair", "load_inra", "from_models", "FusedModel", "sweep", "calibrate_lambda", "effort_from_sweep",
+        "load_pair", "load_inra", "from_models", "FusedModel", "run_sweep", "calibrate_lambda", "effort_from_sweep",
         "realign", "make_trra_trainer", "train_inra", "fit_router", "route",
     )},
     "Completion": "thinkctl.rollout.base",

@@ -208,7 +208,7 @@ def _with_engine(model: FusedModel, settings: Mapping[str, Any]) -> dict[str, An
     return {**settings, "engine": engine.engine, "dtype": engine.dtype, "device": engine.device, "batch_size": engine.batch_size}
 
 
-def sweep(
+def run_sweep(
     model: FusedModel, out: PathLike, *, benchmark: str | Sequence[str] = "tiny",
     lambdas: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5), overwrite: bool = False, **settings: Any,
 ) -> Path:
@@ -222,8 +222,8 @@ def sweep(
 
     Example:
         >>> import pandas as pd
-        >>> run = thinkctl.sweep(thinkctl.load_pair(REFERENCE, ALIGNED), tmp / "sweep", lambdas=[0, 1],
-        ...                      limit=3, max_new_tokens=6)
+        >>> run = thinkctl.run_sweep(thinkctl.load_pair(REFERENCE, ALIGNED), tmp / "sweep", lambdas=[0, 1],
+        ...                          limit=3, max_new_tokens=6)
         >>> summary = pd.read_csv(run / "summary.csv")
         >>> sorted(summary["lam"]), sorted(p.name for p in run.iterdir())
         ([0.0, 1.0], ['results.jsonl', 'run.json', 'summary.csv', 'summary.md', 'sweep.png'])
@@ -302,6 +302,7 @@ def realign(
         >>> report = thinkctl.realign(REFERENCE, ALIGNED, tmp / "trra", lam=0.5, train_limit=2, eval_limit=2,
         ...                           calib_limit=2, max_new_tokens=4, only_correct=False,
         ...                           trra={"max_steps": 1, "per_device_train_batch_size": 2, "device": "cpu"})
+        {'train_runtime': ...}
         >>> [row["model"] for row in report["rows"]]
         ['reference (λ=0)', 'fused teacher (λ=0.5)', 'TrRa student']
         >>> (tmp / "trra" / "student" / "final" / "README.md").is_file()
@@ -328,6 +329,7 @@ def train_inra(base: PathLike, out: PathLike, *, method: str = "distill", teache
     Example:
         >>> final = thinkctl.train_inra(REFERENCE, tmp / "inra", teacher=ALIGNED, limit=2, rollout_max_new_tokens=4,
         ...                             max_steps=1, per_device_train_batch_size=2, device="cpu")
+        {'train_runtime': ...}
         >>> sorted(p.name for p in final.iterdir() if p.suffix in {".json", ".py", ".md", ".safetensors"})[:4]
         ['README.md', 'adapter.safetensors', 'config.json', 'modeling_inra.py']
     """
@@ -370,6 +372,7 @@ def make_trra_trainer(
         >>> args = TrainingArguments(tmp / "gkd", max_steps=1, per_device_train_batch_size=2, report_to=[], use_cpu=True)
         >>> trainer = thinkctl.make_trra_trainer(student, aligned, args, data, AutoTokenizer.from_pretrained(REFERENCE))
         >>> trainer.train().global_step
+        {'train_runtime': ...}
         1
     """
     from thinkctl.trra.data import DistillExample
@@ -424,6 +427,7 @@ def route(policy: PathLike | Any, questions: Sequence[str] | Mapping[str, str], 
     as ``lam=[r["lam"] for r in rows]``.
 
     Example:
+        >>> router = thinkctl.fit_router(SWEEP, tmp / "policy.json")
         >>> rows = thinkctl.route(tmp / "policy.json", ["1 + 2 = ?", "what is 17 * 23 - 5 ?"])
         >>> [sorted(r) for r in rows][0], all(r["lam"] in (0.0, 0.5, 1.0) for r in rows)
         (['id', 'lam', 'p_correct', 'predicted_thinking_tokens'], True)
@@ -442,7 +446,7 @@ def route(policy: PathLike | Any, questions: Sequence[str] | Mapping[str, str], 
 
 #: the names ``thinkctl`` re-exports, in the order the API reference lists them
 PUBLIC: tuple[str, ...] = (
-    "load_pair", "load_inra", "from_models", "FusedModel", "sweep", "calibrate_lambda", "effort_from_sweep",
+    "load_pair", "load_inra", "from_models", "FusedModel", "run_sweep", "calibrate_lambda", "effort_from_sweep",
     "realign", "make_trra_trainer", "train_inra", "fit_router", "route",
 )
 
