@@ -41,7 +41,7 @@ class FusedModel:
     InRa checkpoint: its original and adapter paths) or :func:`from_models` (models already in memory).
     Close it (or use ``with``) to release a vLLM engine; the transformers engine holds nothing to release.
 
-    Example:
+    Examples:
         >>> import thinkctl
         >>> with thinkctl.load_pair(REFERENCE, ALIGNED) as model:
         ...     print(model.kind, model.sources["reference"] == str(REFERENCE))
@@ -82,7 +82,7 @@ class FusedModel:
         ``</think>`` is held back). Questions go through the chat template with ``prompt_template`` (a preset,
         ``plain`` or ``r1-math``, or a text containing ``{question}``); ``raw=True`` sends them as they are.
 
-        Example:
+        Examples:
             >>> model = thinkctl.load_pair(REFERENCE, ALIGNED)
             >>> out = model.generate(["1 + 2 = ?", "3 + 4 = ?"], lam=0.5, max_new_tokens=8)
             >>> [c.lam for c in out], all(c.num_tokens <= 8 for c in out)
@@ -129,7 +129,7 @@ def load_pair(
     engine (``parallel`` takes its ``tensor_parallel_size``, ``data_parallel_size``, …); ``auto`` dtype and
     device pick bfloat16 on a GPU, float32 on CPU.
 
-    Example:
+    Examples:
         >>> model = thinkctl.load_pair(REFERENCE, ALIGNED, batch_size=4)
         >>> model.generate("2 + 2 = ?", lam=1.0, max_new_tokens=4)[0].finish_reason in {"stop", "length"}
         True
@@ -149,7 +149,7 @@ def load_inra(
     thinkctl: ``AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).generate(...,
     thinkctl_lambda=λ)`` (see the InRa page of the documentation).
 
-    Example:
+    Examples:
         >>> model = thinkctl.load_inra(INRA)
         >>> model.kind, len(model.generate(["1 + 1 = ?"], lam=0.5, max_new_tokens=4))
         ('inra', 1)
@@ -167,7 +167,7 @@ def from_models(reference: Any, aligned: Any, tokenizer: Any, *, batch_size: int
     is how an :class:`thinkctl.inra.InRaModel`'s two paths are fused (``model.original_stream()``,
     ``model.adapter_stream()``). ``names`` are what records call the two models.
 
-    Example:
+    Examples:
         >>> from transformers import AutoModelForCausalLM, AutoTokenizer
         >>> ref, al = (AutoModelForCausalLM.from_pretrained(p) for p in (REFERENCE, ALIGNED))
         >>> model = thinkctl.from_models(ref, al, AutoTokenizer.from_pretrained(REFERENCE))
@@ -220,7 +220,7 @@ def run_sweep(
     ``max_thinking_tokens``, ``prompt_template``, …). A rerun with the same settings resumes; other settings
     are refused unless ``overwrite``.
 
-    Example:
+    Examples:
         >>> import pandas as pd
         >>> run = thinkctl.run_sweep(thinkctl.load_pair(REFERENCE, ALIGNED), tmp / "sweep", lambdas=[0, 1],
         ...                          limit=3, max_new_tokens=6)
@@ -249,7 +249,7 @@ def calibrate_lambda(
     resumable sweep in ``out``. A target outside what the grid reaches raises ``CalibrationError``, whose
     ``result`` holds the closest λ measured. ``sampling`` as in :meth:`FusedModel.generate`.
 
-    Example:
+    Examples:
         >>> from thinkctl import CalibrationError
         >>> model = thinkctl.load_pair(REFERENCE, ALIGNED)
         >>> try:
@@ -275,7 +275,7 @@ def effort_from_sweep(sweep: PathLike, fractions: Mapping[str, float] | None = N
     ``fractions`` default to low 0.25, medium 0.5, high 1.0 of the reference's thinking. The table is what
     ``thinkctl serve --effort`` reads (``table.save(path)``) and maps ``reasoning_effort`` requests through.
 
-    Example:
+    Examples:
         >>> table = thinkctl.effort_from_sweep(SWEEP, {"low": 0.5, "high": 1.0})
         >>> sorted(table.levels), table.levels["high"]
         (['high', 'low'], 0.0)
@@ -298,7 +298,7 @@ def realign(
     ``realign:`` section (``train_limit``, ``eval_limit``, ``max_new_tokens``, ``only_correct``, …) and ``trra``
     those of its ``trra:`` section (``max_steps``, ``learning_rate``, ``use_lora``, …).
 
-    Example:
+    Examples:
         >>> report = thinkctl.realign(REFERENCE, ALIGNED, tmp / "trra", lam=0.5, train_limit=2, eval_limit=2,
         ...                           calib_limit=2, max_new_tokens=4, only_correct=False,
         ...                           trra={"max_steps": 1, "per_device_train_batch_size": 2, "device": "cpu"})
@@ -326,7 +326,7 @@ def train_inra(base: PathLike, out: PathLike, *, method: str = "distill", teache
     ``rollout_max_new_tokens``, …). Resumes from the latest ``out/checkpoint-N``. The checkpoint has a model
     card and loads with :func:`load_inra`, ``thinkctl serve`` and plain transformers (``trust_remote_code=True``).
 
-    Example:
+    Examples:
         >>> final = thinkctl.train_inra(REFERENCE, tmp / "inra", teacher=ALIGNED, limit=2, rollout_max_new_tokens=4,
         ...                             max_steps=1, per_device_train_batch_size=2, device="cpu")
         {'train_runtime': ...}
@@ -364,7 +364,7 @@ def make_trra_trainer(
     adapters off. ``trra`` takes the other keys of a recipe's ``trra:`` section (``divergence``, ``max_length``,
     ``chunk_size``, …). Call ``.train()``, then ``save_model``.
 
-    Example:
+    Examples:
         >>> from datasets import Dataset
         >>> from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
         >>> student, aligned = (AutoModelForCausalLM.from_pretrained(p) for p in (REFERENCE, ALIGNED))
@@ -404,7 +404,7 @@ def fit_router(sweep: PathLike | Sequence[PathLike], out: PathLike, *, questions
     ``options``: ``estimator`` (logistic | bins), ``threshold`` (route to the cheapest λ with P(correct) ≥ it),
     ``features``, ``entropy_model``, ``method``, ``benchmark``. Returns the ``Router``; apply it with :func:`route`.
 
-    Example:
+    Examples:
         >>> router = thinkctl.fit_router(SWEEP, tmp / "policy.json", questions="tiny", split="test", limit=6)
         >>> router.lambdas
         [0.0, 0.5, 1.0]
@@ -426,7 +426,7 @@ def route(policy: PathLike | Any, questions: Sequence[str] | Mapping[str, str], 
     ``id``, ``lam``, ``p_correct`` and ``predicted_thinking_tokens``, which :meth:`FusedModel.generate` takes
     as ``lam=[r["lam"] for r in rows]``.
 
-    Example:
+    Examples:
         >>> router = thinkctl.fit_router(SWEEP, tmp / "policy.json")
         >>> rows = thinkctl.route(tmp / "policy.json", ["1 + 2 = ?", "what is 17 * 23 - 5 ?"])
         >>> [sorted(r) for r in rows][0], all(r["lam"] in (0.0, 0.5, 1.0) for r in rows)
