@@ -141,7 +141,10 @@ class InRaForCausalLM(PreTrainedModel, GenerationMixin):
         prefix = "model.adapter_layers."
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         model.model.adapter_layers.load_state_dict(state, strict=True)
-        return model.to(device=base.device, dtype=base.dtype).eval()
+        # the adapter runs right after the embeddings: keep it with them (a device_map may spread the base)
+        embed = model.model.embed_tokens.weight
+        model.model.adapter_layers.to(device=embed.device, dtype=embed.dtype)
+        return model.eval()
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.embed_tokens
