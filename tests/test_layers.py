@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1] / "thinkctl"
 LAYERS: list[set[str]] = [
     {"errors", "thinking", "stats"},
     {"answers", "batch", "fusion", "io", "models"},
-    {"config", "runs"},
+    {"config", "runs", "cards"},
     {"sampling", "prompts", "losses", "effort", "vllm_plugin"},
     {"decoding", "data"},
     {"rollout"},
@@ -31,6 +31,7 @@ LAYERS: list[set[str]] = [
     {"trra", "inra"},  # the two methods are peers: what both need (the distillation loss) lives below
     {"router"},
     {"serve"},
+    {"api"},  # the public Python API: thin wrappers over the jobs the commands run
     {"cli", ""},  # "" is the package's own __init__, which wires the built-in benchmarks
 ]
 RANK = {name: rank for rank, layer in enumerate(LAYERS) for name in layer}

@@ -5,7 +5,7 @@ on-disk format and :mod:`thinkctl.inra.train` for training the adapter (SFT, TrR
 """
 
 from thinkctl.inra.checkpoint import (
-    is_inra_checkpoint, load_inra, load_inra_tokenizer, make_inra_backend, open_inra_backend, save_inra,
+    is_inra_checkpoint, load_inra, load_inra_tokenizer, make_inra_backend, open_inra_backend, save_inra, write_inra_card,
 )
 from thinkctl.inra.model import SUPPORTED_MODEL_TYPES, DualCache, InRaModel, check_supported
 
@@ -20,4 +20,5 @@ __all__ = [
     "make_inra_backend",
     "open_inra_backend",
     "save_inra",
+    "write_inra_card",
 ]

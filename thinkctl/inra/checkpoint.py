@@ -11,13 +11,18 @@ An InRa checkpoint is a directory with
 * merged: ``model.safetensors`` with the base weights under their usual Hugging Face names
   (``model.embed_tokens.weight``, ``model.layers.N.…``, ``model.norm.weight``, ``lm_head.weight`` when
   untied) plus the same ``model.adapter_layers.*`` tensors;
-* tokenizer files.
+* tokenizer files;
+* ``modeling_inra.py`` (a copy of :mod:`thinkctl.inra.modeling_inra`, which imports only torch and
+  transformers) and ``"auto_map"`` in ``config.json`` naming its classes, so
+  ``AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`` loads the checkpoint without thinkctl;
+* ``README.md``: a model card (see :mod:`thinkctl.cards`; :func:`write_inra_card` adds a measured dial).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +31,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from thinkctl.errors import ModelLoadError
+from thinkctl.cards import dial_table, inra_card, write_card
+from thinkctl.errors import ConfigError, ModelLoadError
 from thinkctl.inra.model import InRaModel, make_identity_layer
 from thinkctl.io import atomic_write_json
 from thinkctl.models import load_causal_lm, load_tokenizer, resolve_dtype
@@ -38,6 +44,9 @@ ARCHITECTURE = "InRaForCausalLM"
 ADAPTER_FILE = "adapter.safetensors"
 MERGED_FILE = "model.safetensors"
 ADAPTER_PREFIX = "model.adapter_layers"
+#: the transformers modelling file copied into each checkpoint, and the classes ``auto_map`` names in it
+MODELING_FILE = Path(__file__).with_name("modeling_inra.py")
+AUTO_MAP = {"AutoConfig": "modeling_inra.InRaConfig", "AutoModelForCausalLM": "modeling_inra.InRaForCausalLM"}
 # Config entries that describe the base's own shape; an adapter-only checkpoint refuses a base that differs.
 _SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size", "vocab_size")
 
@@ -68,6 +77,7 @@ def _recorded_base(name: str) -> str:
 def inra_config_dict(model: InRaModel, merged: bool) -> dict[str, Any]:
     config = model.base.config.to_dict()
     config["architectures"] = [ARCHITECTURE]
+    config["auto_map"] = dict(AUTO_MAP)
     config["inra"] = {
         "base_model": _recorded_base(model.base_name_or_path),
         "num_adapter_layers": model.num_adapter_layers,
@@ -104,9 +114,31 @@ def save_inra(
     (path / (ADAPTER_FILE if merged else MERGED_FILE)).unlink(missing_ok=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
-    atomic_write_json(path / "config.json", inra_config_dict(model, merged))
+    shutil.copyfile(MODELING_FILE, path / MODELING_FILE.name)
+    config = inra_config_dict(model, merged)
+    write_card(path, inra_card(path, config["inra"]))
+    atomic_write_json(path / "config.json", config)
     log.info("saved InRa checkpoint (%s) to %s", "merged" if merged else "adapter-only", path)
     return path
+
+
+def write_inra_card(path: str | Path, sweep: str | Path | None = None) -> Path:
+    """(Re)write the checkpoint's model card, with the measured dial of ``sweep`` (a sweep run directory of this
+    checkpoint, ``thinkctl sweep --inra PATH``, or its ``summary.csv``) when given; returns the card's path."""
+    info = read_inra_config(path)["inra"]
+    table = None
+    if sweep is not None:
+        import pandas as pd
+
+        csv = Path(sweep) / "summary.csv" if Path(sweep).is_dir() else Path(sweep)
+        if not csv.is_file():
+            raise ConfigError(f"no sweep summary at {csv}: give the run directory of `thinkctl sweep --inra {path}`")
+        summary = pd.read_csv(csv)
+        summary = summary[summary["method"] == "inra"] if "method" in summary.columns else summary
+        if summary.empty:
+            raise ConfigError(f"{csv} has no InRa rows (method 'inra'): sweep the checkpoint with `--inra {path}`")
+        table = dial_table(summary)
+    return write_card(path, inra_card(path, info, table))
 
 
 def read_inra_config(path: str | Path) -> dict[str, Any]:
@@ -126,7 +158,7 @@ def is_inra_checkpoint(path: str | Path) -> bool:
 
 
 def _base_from_config(config: dict[str, Any], dtype: torch.dtype) -> nn.Module:
-    values = {k: v for k, v in config.items() if k not in ("inra", "architectures")}
+    values = {k: v for k, v in config.items() if k not in ("inra", "architectures", "auto_map")}
     base_config = AutoConfig.for_model(values.pop("model_type"), **values)
     return AutoModelForCausalLM.from_config(base_config, dtype=dtype)
 

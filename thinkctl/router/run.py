@@ -89,14 +89,24 @@ def route_apply(
     entropy_model: str | None = None,
 ) -> tuple[list[dict[str, Any]], str]:
     """λ per query (threshold rule, or budget mode with ``budget`` mean thinking tokens); returns rows and a summary line."""
-    router = Router.load(policy)
-    queries = read_queries(input_path)
+    rows, summary = route_queries(Router.load(policy), read_queries(input_path), budget=budget, entropy_model=entropy_model)
+    if out is not None:
+        atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
+    return rows, summary
+
+
+def route_queries(
+    router: Router, queries: Sequence[Mapping[str, Any]], *, budget: float | None = None, entropy_model: str | None = None,
+) -> tuple[list[dict[str, Any]], str]:
+    """λ per query of ``queries`` (dicts with ``id``, ``question`` and optional ``level``/``entropy``, as
+    :func:`read_queries` returns them): the rows ``route apply`` writes, and its summary line."""
+    queries = [dict(q) for q in queries]
     model = entropy_model or router.meta.get("entropy_model")
     if "entropy" in router.estimator.features and model:
         ent = entropy_signals(model, {q["id"]: q["question"] for q in queries}, int(router.meta.get("entropy_tokens", 0)))
         for q in queries:
             q["entropy"] = ent[q["id"]]["entropy"]
-    feats = [query_features(q["question"], q["level"], entropy=q["entropy"]) for q in queries]
+    feats = [query_features(q["question"], q.get("level"), entropy=q.get("entropy")) for q in queries]
     p, t = router.predict(feats)
     if budget is None:
         choice = router.choose(p, t)
@@ -109,8 +119,6 @@ def route_apply(
     n = len(rows)
     summary = (f"{n} queries routed by {mode}: predicted accuracy {100 * sum(r['p_correct'] for r in rows) / n:.1f}%, "
                f"predicted mean thinking tokens {sum(r['predicted_thinking_tokens'] for r in rows) / n:.1f}")
-    if out is not None:
-        atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
     return rows, summary
 
 

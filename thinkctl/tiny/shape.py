@@ -31,6 +31,9 @@ class ShapeCheck:
     passed: bool
     detail: str
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "passed", bool(self.passed))  # a numpy bool from pandas would not serialise
+
     def line(self) -> str:
         return f"{'✓' if self.passed else '✗'} {self.name}: {self.detail}"
 

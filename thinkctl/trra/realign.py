@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from thinkctl.cards import trra_card, write_card
 from thinkctl.config import build, group, lambda_grid_option, lambda_option, option, recipe_values
 from thinkctl.data import benchmark_name, load_benchmark
 from thinkctl.errors import ConfigError
@@ -261,6 +262,8 @@ def _run_round(cfg: RealignConfig, train: TrRaConfig, reference: str, aligned: s
     }
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_text(out_dir / "report.md", _markdown(report))
+    table = "\n".join(_table(report["rows"], "model")) + f"\n\nHeld-out: {eval_bench}, {report['rows'][0]['n']} samples, {cfg.decoding()}."
+    write_card(student_path, trra_card(student_path, reference, aligned, lam, table))
     return report
 
 

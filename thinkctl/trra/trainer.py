@@ -28,6 +28,7 @@ from transformers import PreTrainedModel, TrainerCallback, TrainingArguments
 from trl.distributed import DistributedBackend
 
 from thinkctl.batch import IGNORE_INDEX, collate
+from thinkctl.cards import trra_card, write_card
 from thinkctl.config import group, lambda_option, option
 from thinkctl.errors import ConfigError
 from thinkctl.io import atomic_write_json
@@ -215,4 +216,7 @@ def train_trra(cfg: TrRaConfig, reference: str, aligned: str, examples: list[Dis
         log.info("resuming TrRa training from %s", last)
     trainer.train(resume_from_checkpoint=last)
     trainer.finish()
-    return save_student(trainer, tokenizer, cfg)
+    path = save_student(trainer, tokenizer, cfg)
+    if trainer.accelerator.is_main_process:
+        write_card(path, trra_card(path, reference, aligned, cfg.lambda_))
+    return path
