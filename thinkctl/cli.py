@@ -158,7 +158,7 @@ def cmd_realign(args: argparse.Namespace) -> None:
     realign_cfg, trra_cfg = load_realign_configs(
         args.recipe, flag_values(args, RealignConfig), flag_values(args, TrRaConfig, exclude=_REALIGN_SETS)
     )
-    if run_realign(realign_cfg, trra_cfg, args.out, args.stage) is not None:
+    if run_realign(realign_cfg, trra_cfg, args.out, args.stage, overwrite=args.overwrite) is not None:
         print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
     else:
         print(f"realign --stage {args.stage}: done in {args.out}")
@@ -168,7 +168,7 @@ def cmd_inra_train(args: argparse.Namespace) -> None:
     from thinkctl.inra.train import InRaTrainConfig, train_inra
 
     cfg = load_section(InRaTrainConfig, args.recipe, "inra", flag_values(args, InRaTrainConfig))
-    print(f"InRa checkpoint: {train_inra(cfg)}")
+    print(f"InRa checkpoint: {train_inra(cfg, overwrite=args.overwrite)}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -280,8 +280,14 @@ def _args_realign(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stage", choices=STAGES, default="all",
                    help="all (default) in one process; or data (calibrate, teacher data), train (distil: the stage to run "
                         "under `accelerate launch`), eval (evaluate, report) apart")
+    p.add_argument("--overwrite", action="store_true",
+                   help="a rerun under other settings than OUT/run.json (per round) records is refused; with this the "
+                        "work those settings invalidate (from the first differing stage on) moves into "
+                        "OUT/replaced-<time>/ instead")
     add_flags(p, RealignConfig)
     add_flags(p, TrRaConfig, exclude=_REALIGN_SETS)
+    p.epilog = ("--seed and --device are the generation's (sampling seed, rollout device); the student's training "
+                "seed and device are the recipe's `trra:` keys seed and device (default 0 and auto).")
     p.set_defaults(func=cmd_realign)
 
 
@@ -291,6 +297,9 @@ def _args_inra(p: argparse.ArgumentParser) -> None:
     text = "train an InRa adapter on a base model (SFT on short traces, fused distillation or DPO)"
     train = p.add_subparsers(dest="inra_command", required=True).add_parser("train", help=text, description=text)
     train.add_argument("--recipe", help="YAML recipe whose `inra:` section sets the defaults")
+    train.add_argument("--overwrite", action="store_true",
+                       help="a rerun under other settings than OUTPUT_DIR/run.json records is refused; with this the "
+                            "work they invalidate (rollouts, checkpoints, final) moves into OUTPUT_DIR/replaced-<time>/")
     add_flags(train, InRaTrainConfig)
     train.set_defaults(func=cmd_inra_train)
 

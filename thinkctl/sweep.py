@@ -110,13 +110,15 @@ def run_sweep(
     chunk_size: int = 64,
     prompt: PromptConfig = PLAIN,
     summarize: bool = True,
+    base: str | None = None,
 ) -> Path:
     """Generate and grade every (problem, λ, sample) not yet in ``out_dir/results.jsonl``.
 
     Work is sent to the backend in chunks of ``chunk_size`` prompts that may mix λ values, so the
     backend batches across the grid; each chunk's records are appended as soon as it is graded. On
     Ctrl-C the completions the backend finished are graded and saved too, and :class:`Interrupted`
-    says where. Returns the path of the results file.
+    says where. ``base`` is the records' reference model (see :class:`thinkctl.records.SampleRecord`). Returns the
+    path of the results file.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +139,7 @@ def run_sweep(
     def save(work: Sequence[tuple[Problem, float, int]], completions: Sequence[Any]) -> None:
         records = [
             graded_record(problem, completion, tokenizer, benchmark=benchmark, method=method, model=model, sample=s,
-                          opened=prompt_opens_thinking(prompts[problem.id]))
+                          opened=prompt_opens_thinking(prompts[problem.id]), base=base)
             for (problem, _, s), completion in zip(work, completions)
         ]
         append_jsonl(results_path, [r.to_dict() for r in records])

@@ -32,7 +32,9 @@ from thinkctl.config import group, lambda_option, option
 from thinkctl.errors import ConfigError
 from thinkctl.io import atomic_write_json
 from thinkctl.losses import chunked_fused_kd_loss, divergence_option, jsd_beta_option, validate_divergence
-from thinkctl.training import FINAL_DIR, ListDataset, SummedLossTrainer, TrainerConfig, head_weights, last_checkpoint, prepare_frozen
+from thinkctl.training import (
+    FINAL_DIR, ListDataset, SummedLossTrainer, TrainerConfig, head_weights, last_checkpoint, prepare_frozen, training_examples,
+)
 from thinkctl.trra.data import DistillExample, encode_example
 
 log = logging.getLogger(__name__)
@@ -149,10 +151,7 @@ def make_trainer(
     args: TrainingArguments | None = None,
 ) -> TrRaTrainer:
     """A :class:`TrRaTrainer` over ``examples`` encoded with ``tokenizer`` (``args`` default: ``cfg``'s)."""
-    rows = [encode_example(tokenizer, ex, cfg.max_length) for ex in examples]
-    rows = [(ids, n_prompt) for ids, n_prompt in rows if len(ids) > max(n_prompt, 1)]  # a response token to predict
-    if not rows:
-        raise ConfigError(f"no example has a response token within max_length={cfg.max_length}")
+    rows = training_examples((encode_example(tokenizer, ex, cfg.max_length) for ex in examples), cfg.max_length, "trra")
     return TrRaTrainer(
         model=student, args=args or cfg.training_arguments(), train_dataset=ListDataset(rows),
         data_collator=functools.partial(collate, pad_id=tokenizer.pad_token_id), processing_class=tokenizer, callbacks=callbacks,
