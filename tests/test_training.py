@@ -211,8 +211,8 @@ def test_vllm_parallel_settings_pass_through_only_when_given(monkeypatch):
     BackendConfig(engine="vllm", tensor_parallel_size=2, data_parallel_size=4, distributed_executor_backend="ray").open("ref", "al")
     assert calls[0] == {"dtype": "float32", "device": "cpu", "batch_size": 16}
     assert calls[1] == {**calls[0], "tensor_parallel_size": 2, "data_parallel_size": 4, "distributed_executor_backend": "ray"}
-    with pytest.raises(ConfigError, match="add --engine vllm"):
-        BackendConfig(tensor_parallel_size=2)
+    with pytest.raises(ConfigError, match="add --data-parallel-size 1;"):  # a vLLM recipe run with --engine hf
+        BackendConfig(data_parallel_size=8)
     with pytest.raises(ConfigError, match="data_parallel_size must be ≥ 1"):
         BackendConfig(engine="vllm", data_parallel_size=0)
 

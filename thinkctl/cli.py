@@ -62,9 +62,10 @@ class Models:
     """The models the flags name: how to open the backend over them, and what records and run settings carry."""
 
     open: Callable[[], RolloutBackend]
-    method: str  # fused | plain | inra
+    method: str  # fused | plain | inra | student
     model: str  # the records' `model` field
     sources: dict[str, str]  # role (reference, aligned, inra) → hub name or path, identified in run.json
+    base: str | None = None  # the records' `base`: the model λ = 0 stands for, or a student's reference
 
 
 def _add_models(p: argparse.ArgumentParser) -> None:
@@ -87,9 +88,13 @@ def _models(args: argparse.Namespace, backend: BackendConfig, lambdas: Sequence[
     if args.aligned is None:
         if any(lam != 0 for lam in lambdas):
             raise ConfigError(f"λ {list(lambdas)} needs an aligned model (--aligned); without one only λ=0 is defined")
-        return Models(lambda: backend.open(args.ref), "plain", args.ref, {"reference": args.ref})
+        from thinkctl.trra.trainer import student_reference
+
+        reference = student_reference(args.ref)  # a TrRa student is measured against the model it was distilled from
+        return Models(lambda: backend.open(args.ref), "student" if reference else "plain", args.ref,
+                      {"reference": args.ref}, reference or args.ref)
     return Models(lambda: backend.open(args.ref, args.aligned), "fused", f"{args.ref} + {args.aligned}",
-                  {"reference": args.ref, "aligned": args.aligned})
+                  {"reference": args.ref, "aligned": args.aligned}, args.ref)
 
 
 def _sweep(cfg: SweepConfig, out: str, models: Models, overwrite: bool) -> None:
@@ -97,7 +102,7 @@ def _sweep(cfg: SweepConfig, out: str, models: Models, overwrite: bool) -> None:
 
     out_dir = Path(out)
     run_sweep_config(cfg, models.open, out_dir, method=models.method, model=models.model, models=models.sources,
-                     overwrite=overwrite)
+                     overwrite=overwrite, base=models.base)
     print((out_dir / "summary.md").read_text(encoding="utf-8"))
     print(f"results: {out_dir / 'results.jsonl'}")
     print(f"plot:    {out_dir / 'sweep.png'}")
@@ -129,7 +134,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     values = {**DEMO_DEFAULTS, **recipe_values(SweepConfig, args.recipe, "sweep"), **flag_values(args, SweepConfig)}
     cfg = build(SweepConfig, values, where=f"{args.recipe or 'options'} [sweep]")
     ref, aligned = str(pair.reference), str(pair.aligned)
-    models = Models(lambda: cfg.backend.open(ref, aligned), "fused", f"{ref} + {aligned}", {"reference": ref, "aligned": aligned})
+    models = Models(lambda: cfg.backend.open(ref, aligned), "fused", f"{ref} + {aligned}", {"reference": ref, "aligned": aligned}, ref)
     _sweep(cfg, args.out, models, args.overwrite)
 
 

@@ -224,13 +224,15 @@ def run_sweep_config(
     model: str,
     models: Mapping[str, str] | None = None,
     overwrite: bool = False,
+    base: str | None = None,
 ) -> Path:
     """The sweep ``cfg`` describes into ``out_dir``, on the backend ``open_backend()`` returns.
 
     The benchmarks are loaded and the run's settings checked against the directory's ``run.json``
     before the models, so a wrong benchmark or a mismatched resume fails before a long model load;
     ``models`` (role → name or path; default: ``model`` itself) are what the settings identify. The
-    backend is closed at the end.
+    backend is closed at the end. ``base`` is the records' reference model (see
+    :class:`thinkctl.records.SampleRecord`).
     """
     problems = cfg.problems()
     settings, context = run_settings(cfg, problems, models or {"model": model}, method=method, model=model)
@@ -239,7 +241,8 @@ def run_sweep_config(
     try:
         for name, benchmark_problems in problems.items():
             run_sweep(backend, benchmark_problems, cfg.lambdas, cfg.sampling, out_dir, benchmark=name, method=method,
-                      model=model, n_samples=cfg.n_samples, chunk_size=cfg.chunk_size, prompt=cfg.prompt, summarize=False)
+                      model=model, n_samples=cfg.n_samples, chunk_size=cfg.chunk_size, prompt=cfg.prompt, summarize=False,
+                      base=base)
     finally:
         backend.close()
     write_sweep_summary(out_dir)

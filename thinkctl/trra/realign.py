@@ -8,8 +8,16 @@ Every stage leaves its result in the run directory and is skipped (or resumed) o
 * ``eval/results.jsonl``    held-out records, ``n_samples`` per problem with the recipe's sampling: reference
   (method "fused", λ=0), fused teacher (method "fused", λ) and student (method "student"), resumable like any sweep;
 * ``student/``              Trainer checkpoints, resumed; ``student/final`` the distilled model;
-* ``report.json`` / ``report.md``  accuracy, mean thinking tokens and reduction vs the reference,
-  written atomically at the end.
+* ``report.json`` / ``report.md``  accuracy, mean thinking tokens, reduction vs the reference and the share
+  of samples cut off by ``max_new_tokens``, written atomically at the end;
+* ``run.json``              the settings every stage's work was made under (:data:`WORK` sections: teacher, data,
+  student, eval). A rerun compares the sections its stage depends on and refuses any difference, naming each
+  (``--lambda 2`` after a λ = 1.5 run, another ``--max-steps``, trace file or ``--max-new-tokens``); with
+  ``--overwrite`` the work of the first differing section and every later one moves into ``replaced-<time>/``
+  (with a trace dataset, a new ``max_new_tokens`` for the evaluation keeps the student). The same settings resume.
+
+Each stage checks its inputs (the trace file, one vocabulary for the pair and the student, a trained student
+for ``--stage eval``) before any model loads, and opens the rollout backend only to generate.
 
 **Iterated TrRa** (``--iterations K`` or a ``lambdas_per_round`` list): round 1 distils towards (reference R,
 aligned A) at its λ; round k ≥ 2 towards (R, the student of round k−1) at its own λ, every round's student
@@ -49,6 +57,8 @@ from thinkctl.trra.trainer import FINAL_MARKER, TrRaConfig, final_student_path, 
 log = logging.getLogger(__name__)
 
 STAGES = ("all", "data", "train", "eval")
+#: how recipes mark a model the user must name (recipes/r1-distill-qwen-7b-trra.yaml)
+PLACEHOLDER = "SET-ME"
 _GOALS = ("lambda_", "target_tokens", "lambdas_per_round")
 
 
@@ -112,6 +122,10 @@ class RealignConfig:
                               f"{len(self.lambdas_per_round)} values (one per round)")
         if self.n_samples < 1:
             raise ConfigError(f"realign: n_samples must be ≥ 1, got {self.n_samples}")
+        for key in ("reference", "aligned"):
+            if getattr(self, key).startswith(PLACEHOLDER):
+                raise ConfigError(f"realign: `{key}` is still the recipe's placeholder {getattr(self, key)!r}: set it in "
+                                  f"the recipe or with --{'ref' if key == 'reference' else key} (a hub name or path)")
 
     def round_lambdas(self) -> list[float | None]:
         """λ of each round; None where it is calibrated to ``target_tokens``."""
@@ -251,8 +265,8 @@ def round_settings(cfg: RealignConfig, train: TrRaConfig, reference: str, aligne
     Each section holds what its stage's work depends on: the pair by identity (:func:`thinkctl.models.model_identity`)
     and λ or its calibration; the training data (a trace file by content, or what the teacher answered and how);
     the student's training settings (but where and how often it saves and logs); the held-out evaluation. Sampling,
-    prompt and engine enter where they are used, so a new ``max_new_tokens`` for the evaluation leaves the student
-    valid.
+    prompt and engine enter where they are used: a student distilled on a trace dataset stays valid under a new
+    ``max_new_tokens`` for the evaluation, one distilled on the teacher's responses does not.
     """
     from thinkctl.models import model_identity
     from thinkctl.sweep import problems_digest

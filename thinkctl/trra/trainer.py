@@ -18,6 +18,7 @@ Names follow ``TrainingArguments`` and TRL's ``GKDConfig`` where they overlap.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -163,13 +164,22 @@ def final_student_path(cfg: TrRaConfig) -> Path:
     return Path(cfg.training.output_dir) / FINAL_DIR
 
 
+def student_reference(path: str | Path) -> str | None:
+    """The reference a saved TrRa student was distilled from (its marker says), or None when ``path`` is no student."""
+    marker = Path(path).expanduser() / FINAL_MARKER
+    if not marker.is_file():
+        return None
+    return json.loads(marker.read_text(encoding="utf-8")).get("reference")
+
+
 def is_trained(cfg: TrRaConfig) -> bool:
     """True once the final student was saved completely (its marker is written last)."""
     return (final_student_path(cfg) / FINAL_MARKER).is_file()
 
 
-def save_student(trainer: TrRaTrainer, tokenizer: Any, cfg: TrRaConfig) -> Path:
-    """Save the student as an ordinary checkpoint (LoRA merged in) + tokenizer, then the completion marker.
+def save_student(trainer: TrRaTrainer, tokenizer: Any, cfg: TrRaConfig, teachers: dict[str, str] | None = None) -> Path:
+    """Save the student as an ordinary checkpoint (LoRA merged in) + tokenizer, then the completion marker, which
+    names the ``teachers`` (reference, aligned): a sweep of the student measures it against its reference.
 
     Every process calls this: under FSDP/ZeRO-3 ``save_model`` gathers the sharded weights (a collective) and
     the main process writes them.
@@ -182,7 +192,8 @@ def save_student(trainer: TrRaTrainer, tokenizer: Any, cfg: TrRaConfig) -> Path:
         trainer.accelerator.unwrap_model(trainer.model).merge_and_unload().eval().save_pretrained(path)
         tokenizer.save_pretrained(path)
     if main:
-        atomic_write_json(path / FINAL_MARKER, {"config": asdict(cfg), "global_step": trainer.state.global_step})
+        atomic_write_json(path / FINAL_MARKER, {"config": asdict(cfg), "global_step": trainer.state.global_step,
+                                                **(teachers or {})})
     trainer.accelerator.wait_for_everyone()
     return path
 
@@ -214,4 +225,4 @@ def train_trra(cfg: TrRaConfig, reference: str, aligned: str, examples: list[Dis
         log.info("resuming TrRa training from %s", last)
     trainer.train(resume_from_checkpoint=last)
     trainer.finish()
-    return save_student(trainer, tokenizer, cfg)
+    return save_student(trainer, tokenizer, cfg, {"reference": reference, "aligned": aligned})
