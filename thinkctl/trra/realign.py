@@ -218,7 +218,7 @@ def _summary_rows(results: Path, lam: float) -> list[dict[str, Any]]:
 def _table(rows: list[dict[str, Any]], first: str) -> list[str]:
     lines = [f"| {first} | accuracy % | mean thinking tokens | reduction vs reference % | hit limit % |", "|---|---|---|---|---|"]
     return lines + [f"| {r['model']} | {100 * r['accuracy']:.1f} | {r['mean_thinking_tokens']:.1f} | "
-                    f"{r['reduction_pct_vs_reference']:.1f} | {100 * r.get('hit_limit', float('nan')):.1f} |" for r in rows]
+                    f"{r['reduction_pct_vs_reference']:.1f} | {100 * r['hit_limit']:.1f} |" for r in rows]
 
 
 def _markdown(report: dict[str, Any]) -> str:
