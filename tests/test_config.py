@@ -103,8 +103,15 @@ def test_every_recipe_and_suite_loads():
             if name in sections:
                 load_section(cls, recipe, name)
         if "realign" in sections:
-            realign, trra = load_realign_configs(str(recipe), {"lambda_": 0.5})
+            if str(sections["realign"].get("aligned", "")).startswith("SET-ME"):  # caught here, not by a hub lookup
+                with pytest.raises(ConfigError, match="still the recipe's placeholder"):
+                    load_realign_configs(str(recipe), {"lambda_": 0.5})
+            realign, trra = load_realign_configs(str(recipe), {"lambda_": 0.5, "aligned": "a"})
             assert realign.lambda_ == 0.5 and trra.divergence == "forward_kl"
+            if realign.traces.data:  # the paper's TrRa trains in LLaMA-Factory's `deepseek` format
+                assert realign.traces.prompt_format == "deepseek", recipe
+        if "inra" in sections and str(recipe.name).startswith("r1-"):
+            assert load_section(InRaTrainConfig, recipe, "inra").traces.prompt_format == "deepseek3", recipe
 
 
 def test_derived_seeds_are_distinct_for_sampling_and_unused_for_greedy():

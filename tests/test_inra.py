@@ -230,6 +230,31 @@ def test_sft_trains_only_the_adapter_and_resumes_from_inra_checkpoints(tmp_path,
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)
 
 
+def test_inra_train_refuses_a_rerun_under_other_settings_and_resumes_under_the_same(tmp_path, base, word_tokenizer):
+    """`inra train` records its settings (run.json): another max_steps or another trace file is refused with each
+    difference named, --overwrite moves the invalidated work aside, and the same settings resume."""
+    from thinkctl.inra.train import train_inra
+    from thinkctl.runs import RunSettingsError
+
+    base_dir = tmp_path / "base"
+    base.save_pretrained(base_dir)
+    word_tokenizer.save_pretrained(base_dir)
+    data = _traces(tmp_path)
+    values = dict(base=str(base_dir), method="sft", data=data, output_dir=str(tmp_path / "run"), max_steps=1, save_steps=1,
+                  logging_steps=1)
+    final = train_inra(_inra_cfg(tmp_path, **values))
+    assert train_inra(_inra_cfg(tmp_path, **values)) == final  # same settings: resumes (nothing left to train)
+    with pytest.raises(RunSettingsError, match=r"training\.training\.max_steps: 1 \(recorded\) → 3 \(now\)"):
+        train_inra(_inra_cfg(tmp_path, **{**values, "max_steps": 3}))
+    with open(data, "a") as f:
+        f.write(json.dumps({"question": "9 + 9", "response": "18"}) + "\n")
+    with pytest.raises(RunSettingsError, match=r"data\.traces\.file: '.*' \(recorded\) → '.*' \(now\)"):
+        train_inra(_inra_cfg(tmp_path, **values))
+    train_inra(_inra_cfg(tmp_path, **values), overwrite=True)
+    (aside,) = (tmp_path / "run").glob("replaced-*")
+    assert (aside / "final").is_dir() and (tmp_path / "run" / "final").is_dir()
+
+
 @pytest.mark.parametrize("merged", [False, True])
 def test_save_load_round_trip(tmp_path, base, word_tokenizer, merged):
     base_dir = tmp_path / "base"

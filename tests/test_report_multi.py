@@ -209,3 +209,31 @@ def test_accuracy_axis_fits_the_data_and_lambda_labels_never_overlap():
         for b in boxes[i + 1:]:
             assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3])
     assert all(o is not None for o in place_labels([(0, 0), (200, 200)], [(10, 7)] * 2))
+
+
+def test_iterated_run_keeps_students_apart_and_counts_the_shared_reference_once(tmp_path):
+    """`thinkctl report OUT` on an iterated realign run: one row per round's student, each measured against its base
+    R on the shared problems; the reference both rounds evaluated is one row of 10 samples, not 20."""
+    out = tmp_path / "run"
+    rounds = {1: ("R + A", 1.5, 60, "S1", 60), 2: ("R + S1", 2.0, 45, "S2", 40)}
+    for k, (pair, lam, teacher, student, thinking) in rounds.items():
+        records = (_rows("b", "fused", 0.0, 100, range(10), model=pair, base="R")
+                   + _rows("b", "fused", lam, teacher, range(10), model=pair, base="R")
+                   + _rows("b", "student", 0.0, thinking, range(10), model=student, base="R"))
+        (out / f"round-{k}" / "eval").mkdir(parents=True)
+        (out / f"round-{k}" / "eval" / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        (out / f"round-{k}" / "calibration").mkdir()  # calibration records are not results
+    points = point_summary(load_records([out])).set_index(["method", "model_key", "point"])
+    assert points.loc[("fused", "R", "λ=0"), "n"] == 10
+    assert points.loc[("student", "S1", "λ=0"), "token_reduction_pct"] == pytest.approx(40.0)
+    assert points.loc[("student", "S2", "λ=0"), "token_reduction_pct"] == pytest.approx(60.0)
+    assert points.loc[("student", "S2", "λ=0"), "reference"] == "fused λ=0 of R"
+    assert points.loc[("fused", "R + S1", "λ=2"), "token_reduction_pct"] == pytest.approx(55.0)
+    md = build_report([out], tmp_path / "rep").read_text(encoding="utf-8")
+    assert "| student | S1 | λ=0 |" in md and "| student | S2 | λ=0 |" in md
+    single = tmp_path / "single"
+    (single / "eval").mkdir(parents=True)
+    (single / "eval" / "results.jsonl").write_text((out / "round-1" / "eval" / "results.jsonl").read_text())
+    points = point_summary(load_records([single]))
+    assert "\n| method | λ / policy |" in build_report([single], tmp_path / "rep1").read_text(encoding="utf-8")  # one model each
+    assert list(points["line"].unique()) == ["R + A", "S1"]  # the reference joins its only pair's line

@@ -199,6 +199,61 @@ def test_traces_read_sharegpt_and_alpaca_rows_and_drop_a_second_think_open(tmp_p
         load_traces(str(tmp_path / "none.parquet"), word_tokenizer)
 
 
+def test_trace_prompt_formats_and_warnings_for_open_thinking_and_ignored_columns(tmp_path, word_tokenizer, caplog):
+    """The paper's LLaMA-Factory formats (deepseek for TrRa, deepseek3 for InRa) next to the chat template; short
+    traces under a template that opens <think> are counted as leaving thinking open, unused columns are counted."""
+    alpaca = tmp_path / "short.jsonl"
+    alpaca.write_text("".join(json.dumps(r) + "\n" for r in [{"instruction": "1 + 2", "input": "", "output": "3"},
+                                                             {"instruction": "2 + 2", "input": "x", "output": "4"}]))
+    spec = dict(data=str(alpaca), question_field="instruction", response_field="output")
+    assert [t.prompt for t in TraceConfig(**spec, prompt_format="deepseek").load(word_tokenizer)] == [
+        "User: 1 + 2\n\nAssistant:", "User: 2 + 2\n\nAssistant:"]
+    assert "`input` (1 of 2 rows non-empty)" in caplog.text and "think block open" not in caplog.text
+    caplog.clear()
+    (trace, _) = TraceConfig(**spec, prompt_format="deepseek3").load(word_tokenizer)
+    assert trace.prompt == "<｜User｜>1 + 2<｜Assistant｜>" and "think block open" not in caplog.text
+    word_tokenizer.chat_template = "{{ messages[0]['content'] }} <think>"  # opens the think block, as R1's does
+    TraceConfig(**spec, prompt_format="chat").load(word_tokenizer)
+    assert "2 of 2 traces from" in caplog.text and "leave a think block open" in caplog.text
+    with pytest.raises(ConfigError, match="prompt_format must be one of"):
+        TraceConfig(**spec, prompt_format="alpaca")
+
+
+def test_traces_stream_up_to_what_the_run_consumes_in_bounded_memory(tmp_path, word_tokenizer):
+    """Only the rows a run consumes (max_steps × global batch) are read: peak memory does not grow with the file."""
+    import tracemalloc
+
+    from thinkctl.training import TrainerConfig, consumed_rows
+
+    training = TrainerConfig(max_steps=4, per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    assert consumed_rows(training, processes=2) == 32 and consumed_rows(TrainerConfig(max_steps=-1)) is None
+    response = " ".join(["1 + 2 = 3"] * 100)
+
+    def peak(rows: int) -> tuple[int, int]:
+        path = tmp_path / f"traces-{rows}.jsonl"
+        with path.open("w") as f:
+            f.writelines(json.dumps({"question": f"{i} + 1", "response": response}) + "\n" for i in range(rows))
+        tracemalloc.start()
+        traces = TraceConfig(data=str(path)).load(word_tokenizer, consumed_rows(training, processes=2))
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return len(traces), top
+
+    (n_small, small), (n_large, large) = peak(200), peak(20_000)  # 200 KB and 20 MB of traces
+    assert n_small == n_large == 32
+    assert large < 1.5 * small, (small, large)
+
+
+def test_training_examples_log_truncation_and_dropped_rows(caplog):
+    from thinkctl.training import training_examples
+
+    rows = training_examples([([1, 2, 3, 4, 5, 6], 2), ([1, 2, 3], 2), ([1, 2], 2)], 6, "trra")
+    assert [list(ids) for ids, _ in rows] == [[1, 2, 3, 4, 5, 6], [1, 2, 3]]
+    assert "1 of 3 sequences fill max_length=6" in caplog.text and "dropped 1 of 3" in caplog.text
+    with pytest.raises(ConfigError, match="no training sequence has a response token within max_length=2"):
+        training_examples([([1, 2], 2)], 2, "trra")
+
+
 # --- vLLM parallelism and the GPU smoke script --------------------------------------------------------------------
 
 
@@ -211,8 +266,8 @@ def test_vllm_parallel_settings_pass_through_only_when_given(monkeypatch):
     BackendConfig(engine="vllm", tensor_parallel_size=2, data_parallel_size=4, distributed_executor_backend="ray").open("ref", "al")
     assert calls[0] == {"dtype": "float32", "device": "cpu", "batch_size": 16}
     assert calls[1] == {**calls[0], "tensor_parallel_size": 2, "data_parallel_size": 4, "distributed_executor_backend": "ray"}
-    with pytest.raises(ConfigError, match="add --engine vllm"):
-        BackendConfig(tensor_parallel_size=2)
+    with pytest.raises(ConfigError, match="add --data-parallel-size 1;"):  # a vLLM recipe run with --engine hf
+        BackendConfig(data_parallel_size=8)
     with pytest.raises(ConfigError, match="data_parallel_size must be ≥ 1"):
         BackendConfig(engine="vllm", data_parallel_size=0)
 

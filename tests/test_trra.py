@@ -17,6 +17,7 @@ from thinkctl.errors import ConfigError
 from thinkctl.fusion import fused_log_probs
 from thinkctl.losses import DIVERGENCES, chunked_fused_kd_loss, fused_kd_loss, token_divergence
 from thinkctl.rollout.base import Completion, RolloutBackend
+from thinkctl.runs import RunSettingsError
 from thinkctl.sampling import SamplingConfig
 from thinkctl.batch import collate
 from thinkctl.config import build
@@ -305,9 +306,37 @@ def test_realign_runs_every_stage_and_resumes(tmp_path, word_tokenizer) -> None:
     assert all(r["n"] == 3 for r in report["rows"]) and report["rows"][0]["reduction_pct_vs_reference"] == 0.0
     assert json.loads((out / "report.json").read_text())["lambda"] == 0.5
     assert "| TrRa student |" in (out / "report.md").read_text()
+    assert "| hit limit % |" in (out / "report.md").read_text() and "at most 6 new tokens" in (out / "report.md").read_text()
     stamps = {p: p.stat().st_mtime_ns for p in (out / "distill_data.jsonl", out / "eval" / "results.jsonl", out / "student" / "final" / "model.safetensors")}
     assert run_realign(rcfg, tcfg, out)["rows"] == report["rows"]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    # a rerun under other settings is refused before anything loads, naming each difference (issue 25)
+    for stage, realign_change, trra_change, expected in [
+        ("all", {"lambda_": 2.0}, {}, r"teacher\.lambda: 0\.5 \(recorded\) → 2\.0 \(now\)"),
+        ("train", {}, {"max_steps": 3}, r"student\.training\.max_steps: 2 \(recorded\) → 3 \(now\)"),
+        ("data", {"train_limit": 5}, {}, r"data\.limit: 4 \(recorded\) → 5 \(now\)"),
+        ("eval", {"max_new_tokens": 8}, {}, r"eval\.sampling\.max_new_tokens: 6 \(recorded\) → 8 \(now\)"),
+    ]:
+        other = load_realign_configs(None, {**realign, **realign_change}, {**trra, **trra_change})
+        with pytest.raises(RunSettingsError, match=expected):
+            run_realign(*other, out, stage=stage)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps and not list(out.glob("replaced-*"))
+    assert json.loads((out / "run.json").read_text())["settings"]["teacher"]["lambda"] == 0.5
+
+
+def test_realign_stage_eval_checks_the_student_before_evaluating_anything(tmp_path, word_tokenizer, monkeypatch) -> None:
+    import thinkctl.trra.realign as realign
+
+    ref, aligned = _save_random_pair(tmp_path / "pair", word_tokenizer)
+    rcfg, tcfg = realign.load_realign_configs(None, dict(reference=ref, aligned=aligned, lambda_=0.5, eval_limit=2), dict(device="cpu"))
+    from thinkctl.rollout import BackendConfig
+
+    monkeypatch.setattr(BackendConfig, "open", lambda *a, **k: pytest.fail("opened a backend before checking the student"))
+    with pytest.raises(ConfigError, match="no trained student in .*run `thinkctl realign --stage train` first"):
+        realign.run_realign(rcfg, tcfg, tmp_path / "run", stage="eval")
+    assert not (tmp_path / "run" / "eval").exists()
+    with pytest.raises(ConfigError, match="still the recipe's placeholder 'SET-ME/x'.*--aligned"):
+        realign.RealignConfig(reference="r", aligned="SET-ME/x", lambda_=1.0)
 
 
 def test_realign_config_needs_exactly_one_goal() -> None:
@@ -422,7 +451,7 @@ def test_iterated_realign_takes_each_rounds_student_as_the_next_aligned_model(tm
     assert [r["aligned"] for r in summary["rounds"]] == [aligned, first] and [r["lambda"] for r in summary["rounds"]] == [0.5, 1.0]
     assert all((out / f"round-{k}" / "report.md").is_file() for k in (1, 2))
     assert "round 2 student (λ=1" in (out / "report.md").read_text()
-    assert json.loads((out / "round-2" / "realign_config.json").read_text())["aligned"] == first
+    assert json.loads((out / "round-2" / "run.json").read_text())["context"]["aligned"] == first
     teacher_prompts = [json.loads(line)["prompt"] for line in (out / "round-2" / "distill_data.jsonl").read_text().splitlines()]
     assert len(teacher_prompts) == 3 and all(p.endswith("= ?\nAnswer:") for p in teacher_prompts)  # the recipe's prompt
     rcfg, _ = realign.load_realign_configs(None, {**values, "lambdas_per_round": None, "lambda_": 0.5, "iterations": 3})
@@ -443,3 +472,28 @@ def test_realign_rounds_and_stages_are_checked(tmp_path, word_tokenizer, monkeyp
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="only --stage train runs under accelerate launch"):
         run_realign(rcfg, tcfg, tmp_path / "run", stage="all")
+
+
+def test_staged_run_compares_recorded_sections_and_moves_aside_only_what_a_difference_invalidates(tmp_path) -> None:
+    from thinkctl.runs import RunSettingsError, open_staged_run, read_run
+
+    work = {"a": ("a.txt",), "b": ("b_dir",), "c": ("c.txt",)}
+    run = tmp_path / "run"
+    open_staged_run(run, {"a": {"x": 1}}, {}, work=work)
+    (run / "a.txt").write_text("made under a")
+    open_staged_run(run, {"a": {"x": 1}, "b": {"y": 1}}, {}, work=work)  # a later stage adds its section
+    (run / "b_dir").mkdir()
+    (run / "c.txt").write_text("made later")
+    with pytest.raises(RunSettingsError, match=r"b\.y: 1 \(recorded\) → 2 \(now\)"):
+        open_staged_run(run, {"a": {"x": 1}, "b": {"y": 2}}, {}, work=work)
+    open_staged_run(run, {"a": {"x": 1}, "b": {"y": 2}}, {}, work=work, overwrite=True)
+    (aside,) = run.glob("replaced-*")
+    assert sorted(p.name for p in aside.iterdir()) == ["b_dir", "c.txt"] and (run / "a.txt").is_file()
+    assert read_run(run)["settings"] == {"a": {"x": 1}, "b": {"y": 2}}
+    open_staged_run(run, {"a": {"x": 1}, "b": {"y": 3}}, {}, work=work)  # no work made under b yet: no conflict
+    assert read_run(run)["settings"]["b"] == {"y": 3}
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "a.txt").write_text("old")
+    with pytest.raises(RunSettingsError, match="no run.json"):
+        open_staged_run(legacy, {"a": {"x": 1}}, {}, work=work)

@@ -195,8 +195,9 @@ class _Borrowed(RolloutBackend):
         self.inner = backend
         self.tokenizer = backend.tokenizer
 
-    def generate(self, prompts: Sequence[str], lam: float | Sequence[float], sampling: SamplingConfig) -> list[Completion]:
-        return self.inner.generate(prompts, lam, sampling)
+    def generate(self, prompts: Sequence[str], lam: float | Sequence[float], sampling: SamplingConfig,
+                 seeds: Sequence[int] | None = None) -> list[Completion]:
+        return self.inner.generate(prompts, lam, sampling, seeds)
 
 
 def _with_engine(model: FusedModel, settings: Mapping[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ def pad(rows: Sequence[Sequence[int]], pad_id: int, left: bool = False) -> tuple
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
         span = slice(width - len(r), width) if left else slice(0, len(r))
-        ids[i, span] = torch.as_tensor(list(r), dtype=torch.long)
+        ids[i, span] = torch.as_tensor(r, dtype=torch.long)
         mask[i, span] = 1
     return ids, mask
 

@@ -70,9 +70,10 @@ class Models:
     """The models the flags name: how to open the backend over them, and what records and run settings carry."""
 
     open: Callable[[], RolloutBackend]
-    method: str  # fused | plain | inra
+    method: str  # fused | plain | inra | student
     model: str  # the records' `model` field
     sources: dict[str, str]  # role (reference, aligned, inra) → hub name or path, identified in run.json
+    base: str | None = None  # the records' `base`: the model λ = 0 stands for, or a student's reference
 
 
 def _add_models(p: argparse.ArgumentParser) -> None:
@@ -95,9 +96,13 @@ def _models(args: argparse.Namespace, backend: BackendConfig, lambdas: Sequence[
     if args.aligned is None:
         if any(lam != 0 for lam in lambdas):
             raise ConfigError(f"λ {list(lambdas)} needs an aligned model (--aligned); without one only λ=0 is defined")
-        return Models(lambda: backend.open(args.ref), "plain", args.ref, {"reference": args.ref})
+        from thinkctl.trra.trainer import student_reference
+
+        reference = student_reference(args.ref)  # a TrRa student is measured against the model it was distilled from
+        return Models(lambda: backend.open(args.ref), "student" if reference else "plain", args.ref,
+                      {"reference": args.ref}, reference or args.ref)
     return Models(lambda: backend.open(args.ref, args.aligned), "fused", f"{args.ref} + {args.aligned}",
-                  {"reference": args.ref, "aligned": args.aligned})
+                  {"reference": args.ref, "aligned": args.aligned}, args.ref)
 
 
 def _sweep(cfg: SweepConfig, out: str, models: Models, overwrite: bool) -> None:
@@ -112,7 +117,7 @@ def _sweep(cfg: SweepConfig, out: str, models: Models, overwrite: bool) -> None:
         print(f"summary: {out_dir / 'summary.csv'} (one run directory per control and budget under {out_dir})")
         return
     run_sweep_config(cfg, models.open, out_dir, method=models.method, model=models.model, models=models.sources,
-                     overwrite=overwrite)
+                     overwrite=overwrite, base=models.base)
     print((out_dir / "summary.md").read_text(encoding="utf-8"))
     print(f"results: {out_dir / 'results.jsonl'}")
     print(f"plot:    {out_dir / 'sweep.png'}")
@@ -145,7 +150,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     values = {**DEMO_DEFAULTS, **recipe_values(SweepConfig, args.recipe, "sweep"), **flag_values(args, SweepConfig)}
     cfg = build(SweepConfig, values, where=f"{args.recipe or 'options'} [sweep]")
     ref, aligned = str(pair.reference), str(pair.aligned)
-    models = Models(lambda: cfg.backend.open(ref, aligned), "fused", f"{ref} + {aligned}", {"reference": ref, "aligned": aligned})
+    models = Models(lambda: cfg.backend.open(ref, aligned), "fused", f"{ref} + {aligned}", {"reference": ref, "aligned": aligned}, ref)
     _sweep(cfg, args.out, models, args.overwrite)
     _print_shape(Path(args.out))
 
@@ -201,7 +206,7 @@ def cmd_realign(args: argparse.Namespace) -> None:
     realign_cfg, trra_cfg = load_realign_configs(
         args.recipe, flag_values(args, RealignConfig), flag_values(args, TrRaConfig, exclude=_REALIGN_SETS)
     )
-    if run_realign(realign_cfg, trra_cfg, args.out, args.stage) is not None:
+    if run_realign(realign_cfg, trra_cfg, args.out, args.stage, overwrite=args.overwrite) is not None:
         print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
     else:
         print(f"realign --stage {args.stage}: done in {args.out}")
@@ -211,7 +216,7 @@ def cmd_inra_train(args: argparse.Namespace) -> None:
     from thinkctl.inra.train import InRaTrainConfig, train_inra
 
     cfg = load_section(InRaTrainConfig, args.recipe, "inra", flag_values(args, InRaTrainConfig))
-    print(f"InRa checkpoint: {train_inra(cfg)}")
+    print(f"InRa checkpoint: {train_inra(cfg, overwrite=args.overwrite)}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -323,8 +328,14 @@ def _args_realign(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stage", choices=STAGES, default="all",
                    help="all (default) in one process; or data (calibrate, teacher data), train (distil: the stage to run "
                         "under `accelerate launch`), eval (evaluate, report) apart")
+    p.add_argument("--overwrite", action="store_true",
+                   help="a rerun under other settings than OUT/run.json (per round) records is refused; with this the "
+                        "work those settings invalidate (from the first differing stage on) moves into "
+                        "OUT/replaced-<time>/ instead")
     add_flags(p, RealignConfig)
     add_flags(p, TrRaConfig, exclude=_REALIGN_SETS)
+    p.epilog = ("--seed and --device are the generation's (sampling seed, rollout device); the student's training "
+                "seed and device are the recipe's `trra:` keys seed and device (default 0 and auto).")
     p.set_defaults(func=cmd_realign)
 
 
@@ -334,6 +345,9 @@ def _args_inra(p: argparse.ArgumentParser) -> None:
     text = "train an InRa adapter on a base model (SFT on short traces, fused distillation or DPO)"
     train = p.add_subparsers(dest="inra_command", required=True).add_parser("train", help=text, description=text)
     train.add_argument("--recipe", help="YAML recipe whose `inra:` section sets the defaults")
+    train.add_argument("--overwrite", action="store_true",
+                       help="a rerun under other settings than OUTPUT_DIR/run.json records is refused; with this the "
+                            "work they invalidate (rollouts, checkpoints, final) moves into OUTPUT_DIR/replaced-<time>/")
     add_flags(train, InRaTrainConfig)
     train.set_defaults(func=cmd_inra_train)
 

@@ -33,7 +33,7 @@ from thinkctl.io import atomic_write_text
 from thinkctl.records import load_records
 from thinkctl.report import group_summary, markdown_table
 from thinkctl.rollout import RolloutBackend
-from thinkctl.runs import RESULTS_FILE, open_run
+from thinkctl.runs import RESULTS_FILE, PendingRun, prepare_run
 from thinkctl.sampling import SamplingConfig
 from thinkctl.sweep import SweepConfig, run_settings, run_sweep, write_sweep_summary
 
@@ -142,9 +142,10 @@ def run_control_sweep(
     models = models or {"model": model}
     opened: list[RolloutBackend] = []
 
-    def run(sub: SweepConfig, sub_dir: Path, problems: Mapping[str, list]) -> None:
+    def run(sub: SweepConfig, sub_dir: Path, problems: Mapping[str, list], pending: PendingRun) -> None:
         if not opened:
             opened.append(open_backend())
+        pending.start()  # nothing is written before the backend has opened (a failed start leaves the directory as it was)
         for name, benchmark_problems in problems.items():
             run_sweep(opened[0], benchmark_problems, sub.lambdas, sub.sampling, sub_dir, benchmark=name, method=method,
                       model=model, n_samples=sub.n_samples, chunk_size=sub.chunk_size, prompt=sub.prompt, summarize=False)
@@ -158,16 +159,17 @@ def run_control_sweep(
             if len(problems) != 1:
                 raise ConfigError(f"control_effort: {CALIBRATE} calibrates on one benchmark, got {sorted(problems)}")
             settings, context = run_settings(calibration, problems, models, method=method, model=model)
-            open_run(out_dir / "calibration", settings, context, overwrite=overwrite)
-            run(calibration, out_dir / "calibration", problems)
+            pending = prepare_run(out_dir / "calibration", settings, context, overwrite=overwrite)
+            run(calibration, out_dir / "calibration", problems, pending)
             length_model = LengthModel.from_table(effort_from_sweep(out_dir / "calibration", method=method))
         problems = cfg.problems()
         runs = control_runs(cfg, length_model)
+        pendings = []
         for sub in runs:
             settings, context = run_settings(sub.cfg, problems, models, method=method, model=model)
-            open_run(out_dir / sub.name, settings, context, overwrite=overwrite)
-        for sub in runs:
-            run(sub.cfg, out_dir / sub.name, problems)
+            pendings.append(prepare_run(out_dir / sub.name, settings, context, overwrite=overwrite))
+        for sub, pending in zip(runs, pendings):
+            run(sub.cfg, out_dir / sub.name, problems, pending)
     finally:
         for backend in opened:
             backend.close()

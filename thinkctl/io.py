@@ -74,24 +74,26 @@ def iter_jsonl(path: str | os.PathLike[str], *, allow_truncated_tail: bool = Fal
 
     With ``allow_truncated_tail`` a final line without a newline that does not parse (what a killed
     writer leaves behind) is skipped instead, so resumable jobs can pick up after a crash.
+
+    Lines are read one at a time, so a reader that stops early (a trace dataset read up to what a run
+    consumes) holds one line, not the file.
     """
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(f"no such file: {path}")
     with path.open("r", encoding="utf-8") as f:
-        lines = f.readlines()
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            if allow_truncated_tail and lineno == len(lines) and not line.endswith("\n"):
-                return
-            raise DataFormatError(f"{path}:{lineno}: malformed JSON line ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise DataFormatError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        yield obj
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                if allow_truncated_tail and not line.endswith("\n"):  # only the last line can lack its newline
+                    return
+                raise DataFormatError(f"{path}:{lineno}: malformed JSON line ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise DataFormatError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield obj
 
 
 def read_jsonl(path: str | os.PathLike[str], *, allow_truncated_tail: bool = False) -> list[dict[str, Any]]:

@@ -62,6 +62,8 @@ class SampleRecord:
     control: str | None = None  # the control acting while it thought: hard | soft | bias | target (None: λ alone)
     thinking_budget: int | None = None  # that control's budget B (target: its target N)
     final_lam: float | None = None  # the λ thinking ended with (a schedule moves λ from `lam`, the request's λ)
+    base: str | None = None  # the model λ = 0 stands for (a pair's reference, a plain model), or that a TrRa student
+    #                          was distilled from: the reference its thinking reduction is measured against (None: unknown)
 
     @property
     def key(self) -> RecordKey:
@@ -107,11 +109,12 @@ class SampleRecord:
 
 def graded_record(
     problem: Problem, completion: Completion, tokenizer: Any, *, benchmark: str, method: str, model: str, sample: int,
-    opened: bool = False,
+    opened: bool = False, base: str | None = None,
 ) -> SampleRecord:
     """Grade ``completion`` as the answer to ``problem`` and record it under the run's identity.
 
-    ``opened``: the prompt opened the think block (see :func:`thinkctl.grading.grade`).
+    ``opened``: the prompt opened the think block (see :func:`thinkctl.grading.grade`); ``base``: see
+    :class:`SampleRecord`.
     """
     result = grade(completion, problem.answer, tokenizer, opened)
     return SampleRecord(
@@ -121,7 +124,7 @@ def graded_record(
         finish_reason=completion.finish_reason, thinking_closed=result.thinking_closed,
         thinking_forced=completion.meta.get("thinking_forced"), control=completion.meta.get("control"),
         thinking_budget=completion.meta.get("thinking_budget") if completion.meta.get("control") else None,
-        final_lam=completion.meta.get("final_lambda"),
+        final_lam=completion.meta.get("final_lambda"), base=base,
     )
 
 
@@ -133,15 +136,28 @@ def read_records(path: str | os.PathLike[str]) -> list[SampleRecord]:
     return [SampleRecord.from_dict(row, f"{path}: record {i}") for i, row in enumerate(rows, start=1)]
 
 
+def _run_dir_files(path: Path) -> list[Path]:
+    """The record files of a run directory: its own, else a realign run's evaluation (``eval/``, or every round's
+    ``round-k/eval/`` of an iterated run; calibration records are not results)."""
+    for directory in (path, path / "eval"):
+        found = [directory / name for name in RECORD_FILES if (directory / name).is_file()]
+        if found:
+            return found
+    rounds = sorted((p for p in path.glob("round-*") if p.name.removeprefix("round-").isdigit()),
+                    key=lambda p: int(p.name.removeprefix("round-")))
+    return [f for r in rounds for f in _run_dir_files(r)]
+
+
 def record_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Record files named directly, or held by run directories (``results.jsonl``, ``routed.jsonl``)."""
+    """Record files named directly, or held by run directories (``results.jsonl``, ``routed.jsonl``; a realign run's
+    ``eval/`` and an iterated run's rounds)."""
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = [path / name for name in RECORD_FILES if (path / name).is_file()]
+            found = _run_dir_files(path)
             if not found:
-                raise DataFormatError(f"{path} holds no {' or '.join(RECORD_FILES)}")
+                raise DataFormatError(f"{path} holds no {' or '.join(RECORD_FILES)} (nor a realign run's eval/ or round-k/eval/)")
             files.extend(found)
         else:
             files.append(path)
@@ -159,13 +175,26 @@ def records_frame(records: Iterable[SampleRecord | Mapping[str, Any]]) -> pd.Dat
     return pd.DataFrame(rows, columns=[f.name for f in dataclasses.fields(SampleRecord)])
 
 
+#: methods whose λ = 0 is their ``base`` model alone (a fused pair's reference, a plain model)
+BASE_AT_ZERO = ("fused", "plain")
+
+
+def model_key(df: pd.DataFrame) -> pd.Series:
+    """The model each record's sample comes from: at λ = 0 a fused pair is its reference alone, so the λ = 0 rows of
+    several pairs over one reference (the rounds of an iterated TrRa run) are one model; otherwise ``model``."""
+    at_zero = df["method"].isin(BASE_AT_ZERO) & (df["lam"] == 0.0) & df["base"].notna()
+    return df["base"].where(at_zero, df["model"])
+
+
 def drop_overlaps(df: pd.DataFrame) -> pd.DataFrame:
-    """Count each sample once when runs overlap (a realign run's reference rows are a sweep's λ=0 rows).
+    """Count each sample once when runs overlap (a realign run's reference rows are a sweep's λ=0 rows, and every
+    round of an iterated run evaluates the same reference).
 
     A control's runs at several budgets share every other key, so the control and budget are part of it.
     """
-    key = ["benchmark", "method", "model", "problem_id", "lam", "sample", "route_point", "control", "thinking_budget"]
-    return df[~df[key].astype(str).duplicated()].reset_index(drop=True)
+    key = ["benchmark", "method", "model_key", "problem_id", "lam", "sample", "route_point", "control", "thinking_budget"]
+    keyed = df.assign(model_key=model_key(df))
+    return df[~keyed[key].astype(str).duplicated()].reset_index(drop=True)
 
 
 def load_records(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:

@@ -27,28 +27,39 @@ import numpy as np
 import pandas as pd
 
 from thinkctl.io import atomic_write_text
-from thinkctl.records import aggregate, load_records, record_files
+from thinkctl.records import BASE_AT_ZERO, aggregate, load_records, model_key, record_files
 from thinkctl.stats import bootstrap_mean
 
 #: methods whose λ = 0 is a reference model as it is (a pair's reference, an InRa checkpoint's base)
 REFERENCE_METHODS = ("fused", "inra", "plain")
 
 
-def reference_records(records: pd.DataFrame, benchmark: str, method: str, models: Iterable[str]) -> tuple[str, pd.DataFrame]:
+def reference_records(records: pd.DataFrame, benchmark: str, method: str, model: str, bases: Iterable[object],
+                      models: Iterable[str] = ()) -> tuple[str, pd.DataFrame]:
     """The records a group's thinking reduction is measured against, and their name (``fused λ=0``).
 
-    A dial (fused, inra, plain) is measured against its own λ = 0. Any other method (a TrRa student,
-    routed policies) against the λ = 0 of the dial it came from when the records say so (routed
-    records keep the swept ``model``), else the fused pair's λ = 0 of the same benchmark.
+    ``records`` carry a ``model_key`` column (:func:`thinkctl.records.model_key`). A group whose records name their
+    ``base`` (a pair's reference, the reference a TrRa student was distilled from) is measured against that model's
+    λ = 0, whichever run recorded it: a student against its base is the paper's headline reduction. Without a base
+    (records written before thinkctl kept one), a dial (fused, inra, plain) is measured against its own λ = 0, and
+    any other method (a TrRa student, routed policies) against the λ = 0 of the dial it came from when the records
+    say so (routed records keep the swept ``model``), else the fused pair's λ = 0 of the same benchmark.
     """
     zero = records[(records["benchmark"] == benchmark) & (records["lam"] == 0.0) & records["method"].isin(REFERENCE_METHODS)
                    & records["control"].isna()]  # a budget's or a schedule's λ = 0 records are not the model as it is
-    if method in REFERENCE_METHODS:
-        candidates = [zero[zero["method"] == method]]
+    base = next((b for b in bases if isinstance(b, str) and b), None)
+    if base is not None:
+        same = zero[zero["model_key"] == base]
+        candidates = [same[same["method"] == method], same[same["method"] == "fused"], same]
+    elif method in REFERENCE_METHODS:
+        own = zero[zero["method"] == method]
+        candidates = [own[own["model_key"] == model], own]
     else:
         candidates = [zero[zero["model"].isin(set(models))], zero[zero["method"] == "fused"], zero]
-    ref = next((c for c in candidates if len(c)), zero)
-    return (f"{ref['method'].iat[0]} λ=0" if len(ref) else ""), ref
+    ref = next((c for c in candidates if len(c)), zero.iloc[:0] if base is not None else zero)
+    if not len(ref):
+        return "", ref
+    return f"{ref['method'].iat[0]} λ=0" + (f" of {base}" if base is not None else ""), ref
 
 
 def _per_group(records: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
@@ -59,7 +70,8 @@ def _per_group(records: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
         per_problem = g.groupby("problem_id").agg(correct=("correct", "mean"), k=("correct", "size"),
                                                   thinking=("thinking_tokens", "mean"))
         ci = bootstrap_mean(per_problem["correct"].to_numpy())
-        label, ref = reference_records(records, g["benchmark"].iat[0], g["method"].iat[0], g["model"].unique())
+        label, ref = reference_records(records, g["benchmark"].iat[0], g["method"].iat[0], g["model_key"].iat[0],
+                                       g["base"].unique(), g["model"].unique())
         base = ref.groupby("problem_id")["thinking_tokens"].mean()
         shared = per_problem.index.intersection(base.index)
         base_mean = base[shared].mean() if len(shared) else float("nan")
@@ -74,6 +86,8 @@ def _per_group(records: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
 def group_summary(records: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     """:func:`thinkctl.records.aggregate` per group of ``keys``, with intervals and reductions (module
     docstring); ``accuracy`` is avg@k (the per-sample mean whenever every problem has k samples)."""
+    if "model_key" not in records:
+        records = records.assign(model_key=model_key(records))
     extra = _per_group(records, keys)
     summary = aggregate(records, keys, sort=False).merge(extra, on=list(keys), how="left")
     return summary.assign(accuracy=summary.pop("avg_at_k"))
@@ -222,19 +236,40 @@ def _point_labels(records: pd.DataFrame) -> list[str]:
 
 
 def point_summary(records: pd.DataFrame) -> pd.DataFrame:
-    """One row per (benchmark, method, point) — a fixed λ, or a routing policy (its records mix λ values) —
-    with the statistics of :func:`group_summary`."""
+    """One row per (benchmark, method, model, point) — a fixed λ, or a routing policy (its records mix λ values) —
+    with the statistics of :func:`group_summary`. Models are kept apart by :func:`thinkctl.records.model_key`: the
+    students of two rounds are two rows, the reference their pairs share is one."""
     df = records.assign(
         point=_point_labels(records),
         lam_key=records["lam"].where(records["method"] != "routed"),
+        model_key=model_key(records),
     )
-    keys = ["benchmark", "method", "point"]
-    lam = df.groupby(keys, sort=False).agg(lam=("lam_key", "first"), mean_lam=("lam", "mean"),
-                                           control=("control", "first")).reset_index()
+    keys = ["benchmark", "method", "model_key", "point"]
+    lam = df.groupby(keys, sort=False, dropna=False).agg(
+        lam=("lam_key", "first"), mean_lam=("lam", "mean"), base=("base", "first"), model=("model", "first"),
+        control=("control", "first")).reset_index()
     summary = group_summary(df, keys).merge(lam, on=keys)
+    summary["line"] = _lines(summary)
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     summary["_m"] = summary["method"].map(lambda m: order.get(m, len(order)))
-    return summary.sort_values(["benchmark", "_m", "method", "lam", "mean_thinking_tokens"]).drop(columns="_m").reset_index(drop=True)
+    return summary.sort_values(["benchmark", "_m", "method", "line", "lam", "mean_thinking_tokens"]).drop(columns="_m").reset_index(drop=True)
+
+
+def _lines(points: pd.DataFrame) -> pd.Series:
+    """The dial each point belongs to: its model, except that a pair's λ = 0 (its reference alone) joins the pair's
+    line when only one pair of the benchmark has that reference; with several it stays one shared point."""
+    line = points["model_key"].copy()
+    for i, row in points[points["method"].isin(BASE_AT_ZERO) & (points["lam"] == 0.0)].iterrows():
+        pairs = points[(points["benchmark"] == row["benchmark"]) & (points["method"] == row["method"])
+                       & (points["base"] == row["model_key"]) & (points["model_key"] != row["model_key"])]["model_key"].unique()
+        if len(pairs) == 1:
+            line[i] = pairs[0]
+    return line
+
+
+def shows_models(points: pd.DataFrame) -> bool:
+    """Whether tables need a model column: more than one dial (:func:`_lines`) per method somewhere."""
+    return bool((points.groupby(["benchmark", "method"])["line"].nunique() > 1).any())
 
 
 def _methods(df: pd.DataFrame) -> list[str]:
@@ -295,11 +330,18 @@ def plot_pareto(points: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
             for control, line in g[g["control"].notna()].groupby("control"):
                 line = line.sort_values("mean_thinking_tokens")
                 _errorbar(ax, line["mean_thinking_tokens"], line, "s--", ms=4, label=f"{method}, {control} control (budgets)")
-            g = g[g["control"].isna()].sort_values("lam")
+            g = g[g["control"].isna()]
             if g.empty:
                 continue
-            line = _errorbar(ax, g["mean_thinking_tokens"], g, "o-", label=f"{method} (fixed λ)")
-            labels.append((ax, g, line.get_color()))
+            dials = list(g.groupby("line", sort=False))
+            shared = g[(g["lam"] == 0.0) & (g["line"] == g["model_key"]) & g["model_key"].isin(g["base"])]
+            for name, d in dials:
+                if len(dials) > 1 and name in set(shared["model_key"]):
+                    continue  # a reference several pairs share: drawn at the start of each of their lines
+                d = pd.concat([shared[shared["model_key"].isin(d["base"])], d]).drop_duplicates("point").sort_values("lam")
+                tag = f"{method} (fixed λ)" if len(dials) == 1 else f"{method}: {name}"
+                line = _errorbar(ax, d["mean_thinking_tokens"], d, "o-", label=tag)
+                labels.append((ax, d, line.get_color()))
         ax.set(xlabel=THINK_LABEL, ylabel="accuracy (%), avg@k with 95% CI",
                title=f"{benchmark}: accuracy vs thinking (labels: λ)",
                ylim=accuracy_limits(sub["accuracy_low"], sub["accuracy_high"]))
@@ -491,6 +533,7 @@ def _report_tables(points: pd.DataFrame, records: pd.DataFrame) -> dict[str, lis
         p = points[points["benchmark"] == benchmark]
         table = pd.DataFrame({
             "method": p["method"],
+            **({"model": p["model_key"]} if shows_models(points) else {}),
             "λ / policy": p["point"],
             "problems × k": [f"{n} × {k}" for n, k in zip(p["problems"], p["k"])],
             "accuracy % (avg@k)": (100 * p["accuracy"]).round(1),
@@ -505,8 +548,9 @@ def _report_tables(points: pd.DataFrame, records: pd.DataFrame) -> dict[str, lis
         tables = [("Accuracy and thinking length per method and λ", table)]
         sub = records[(records["benchmark"] == benchmark) & pd.to_numeric(records["level"], errors="coerce").notna()]
         if len(sub):
-            sub = sub.assign(level=sub["level"].astype(int),
-                             point=[f"{m} {p}" for m, p in zip(sub["method"], _point_labels(sub))])
+            named = model_key(sub) if shows_models(points) else pd.Series("", index=sub.index)
+            sub = sub.assign(level=sub["level"].astype(int), point=[
+                f"{m} {p}" + (f" ({k})" if k else "") for m, p, k in zip(sub["method"], _point_labels(sub), named)])
             by_level = 100 * sub.pivot_table(index="point", columns="level", values="correct", aggfunc="mean", sort=False)
             by_level = by_level[sorted(by_level.columns)].round(1)
             by_level.columns = [f"level {c} acc %" for c in by_level.columns]
@@ -522,9 +566,10 @@ def across_benchmarks(points: pd.DataFrame) -> pd.DataFrame:
     headline number of papers that report several benchmarks)."""
     benchmarks = sorted(points["benchmark"].unique())
     rows = []
-    for (method, point), g in points.groupby(["method", "point"], sort=False):
+    models = shows_models(points)
+    for (method, model, point), g in points.groupby(["method", "model_key", "point"], sort=False, dropna=False):
         by_benchmark = g.set_index("benchmark")
-        row: dict[str, object] = {"method": method, "λ / policy": point}
+        row: dict[str, object] = {"method": method, **({"model": model} if models else {}), "λ / policy": point}
         for b in benchmarks:
             has = b in by_benchmark.index
             row[f"{b} accuracy %"] = _accuracy_cell(by_benchmark.loc[b]) if has else ""

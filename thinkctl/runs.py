@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -193,3 +193,78 @@ def prepare_run(
             f"Use another --out, or --overwrite (moves them into {out_dir}/replaced-<time>/)."
         )
     return PendingRun(out_dir, settings, context, overwrite=False, recorded=recorded)
+
+
+def _owned(out_dir: Path, patterns: Sequence[str]) -> list[Path]:
+    """The files and directories of ``out_dir`` matching ``patterns`` (glob), each once, in a stable order."""
+    found = {p for pattern in patterns for p in out_dir.glob(pattern)}
+    return sorted(p for p in found if not p.name.startswith("replaced-") and p.name != RUN_FILE)
+
+
+def settings_error(out_dir: Path, diffs: Sequence[tuple[str, Any, Any]], moves: str) -> RunSettingsError:
+    """The refusal of a rerun whose settings differ from the recorded ones, each difference on its own line."""
+    lines = "\n".join(f"  {key}: {old!r} (recorded) → {new!r} (now)" for key, old, new in diffs)
+    return RunSettingsError(
+        f"{out_dir} holds work made under other settings; resuming would mix two runs:\n{lines}\n"
+        f"Use the recorded settings, another --out, or --overwrite (moves {moves} into {out_dir}/replaced-<time>/)."
+    )
+
+
+def open_staged_run(
+    out_dir: str | os.PathLike[str],
+    settings: Mapping[str, Mapping[str, Any]],
+    context: Mapping[str, Any],
+    *,
+    work: Mapping[str, Sequence[str]],
+    overwrite: bool = False,
+    write: bool = True,
+) -> Path:
+    """:func:`open_run` for a directory whose work is made in stages that depend on each other (a realign round:
+    teacher → data → student → eval; InRa training: data → training); returns its ``run.json``.
+
+    ``work`` lists the settings sections in dependency order, each with the glob patterns of the work it makes.
+    A stage gives only the sections it needs (``settings``); those already recorded are compared (as
+    :func:`differences` does), the others are added to the record, so ``--stage data`` then ``--stage train``
+    into one directory is one run. A difference raises :class:`RunSettingsError` naming each key; with
+    ``overwrite`` the work of the first differing section and of every later one moves into
+    ``replaced-<time>/`` (what earlier sections made stays: new training settings keep the teacher data) and the
+    record starts again from that section. A difference with no work made under it (a stage that failed before
+    making any) is no conflict: the record takes the new settings. Work present without a record (thinkctl
+    before this) is refused the same way. ``write=False`` (every process of a launch but the main one) only
+    compares.
+    """
+    out_dir = Path(out_dir)
+    order = list(work)
+    unknown = set(settings) - set(order)
+    if unknown:
+        raise ValueError(f"settings sections {sorted(unknown)} are not in `work` {order}")
+    settings = json.loads(json.dumps(settings))  # compare what JSON stores: tuples as lists, keys as strings
+    recorded = read_run(out_dir) if out_dir.is_dir() else None
+    old = dict(recorded["settings"]) if recorded is not None else {}
+    if recorded is None:
+        first, diffs = 0, []
+    else:
+        diffs = [d for s in order if s in settings and s in old for d in differences({s: old[s]}, {s: settings[s]})]
+        first = min((order.index(key.split(".", 1)[0]) for key, _, _ in diffs), default=None)
+    later = order[first:] if first is not None else []
+    stale = _owned(out_dir, [p for s in later for p in work[s]]) if later else []
+    if stale:  # a difference matters where work was made under it (a stage that failed before making any made none)
+        moves = f"the work of {', '.join(later)}" if recorded is not None else "the work there"
+        if not overwrite:
+            if recorded is None:
+                raise RunSettingsError(
+                    f"{out_dir} has earlier work but no {RUN_FILE} (written before thinkctl recorded run settings), so "
+                    "nothing says which settings produced it and resuming could mix two runs. Use another --out, or "
+                    f"--overwrite (moves it into {out_dir}/replaced-<time>/).")
+            raise settings_error(out_dir, diffs, moves)
+        if write:
+            log.warning("--overwrite: moved %s of %s into %s", moves, out_dir, _move_aside(out_dir, stale))
+    if first is not None:
+        old = {s: v for s, v in old.items() if s in order[:first]}
+    merged = {**old, **{s: settings[s] for s in order if s in settings}}
+    path = out_dir / RUN_FILE
+    if write and (recorded is None or merged != recorded["settings"]):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        base = recorded or {"thinkctl_version": _version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        atomic_write_json(path, {**base, "settings": merged, "context": {**(base.get("context") or {}), **context}})
+    return path

@@ -161,6 +161,7 @@ def run_sweep(
     chunk_size: int = 64,
     prompt: PromptConfig = PLAIN,
     summarize: bool = True,
+    base: str | None = None,
 ) -> Path:
     """Generate and grade every (problem, λ, sample) not yet in ``out_dir/results.jsonl``.
 
@@ -170,7 +171,8 @@ def run_sweep(
     the backend in chunks of ``chunk_size`` prompts that may mix λ values, so the backend batches
     across the grid; each chunk's records are appended as soon as it is graded. On Ctrl-C (SIGTERM,
     SIGHUP) the completions the backend finished are graded and saved too, and :class:`Interrupted`
-    says where. Returns the path of the results file.
+    says where. ``base`` is the records' reference model (see
+    :class:`thinkctl.records.SampleRecord`). Returns the path of the results file.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -192,7 +194,7 @@ def run_sweep(
     def save(work: Sequence[tuple[Problem, float, int]], completions: Sequence[Any]) -> None:
         records = [
             graded_record(problem, completion, tokenizer, benchmark=benchmark, method=method, model=model, sample=s,
-                          opened=prompt_opens_thinking(prompts[problem.id]))
+                          opened=prompt_opens_thinking(prompts[problem.id]), base=base)
             for (problem, _, s), completion in zip(work, completions)
         ]
         append_jsonl(results_path, [r.to_dict() for r in records])
@@ -279,6 +281,7 @@ def run_sweep_config(
     model: str,
     models: Mapping[str, str] | None = None,
     overwrite: bool = False,
+    base: str | None = None,
 ) -> Path:
     """The sweep ``cfg`` describes into ``out_dir``, on the backend ``open_backend()`` returns.
 
@@ -287,6 +290,7 @@ def run_sweep_config(
     ``models`` (role → name or path; default: ``model`` itself) are what the settings identify.
     Nothing is written to ``out_dir`` (and ``--overwrite`` moves nothing) until the backend has opened:
     a run that fails to start leaves the directory as it was. The backend is closed at the end.
+    ``base`` is the records' reference model (see :class:`thinkctl.records.SampleRecord`).
     """
     problems = cfg.problems()
     settings, context = run_settings(cfg, problems, models or {"model": model}, method=method, model=model)
@@ -296,7 +300,8 @@ def run_sweep_config(
         run.start()
         for name, benchmark_problems in problems.items():
             run_sweep(backend, benchmark_problems, cfg.lambdas, cfg.sampling, out_dir, benchmark=name, method=method,
-                      model=model, n_samples=cfg.n_samples, chunk_size=cfg.chunk_size, prompt=cfg.prompt, summarize=False)
+                      model=model, n_samples=cfg.n_samples, chunk_size=cfg.chunk_size, prompt=cfg.prompt, summarize=False,
+                      base=base)
     finally:
         backend.close()
     write_sweep_summary(out_dir)

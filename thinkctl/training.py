@@ -21,11 +21,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
@@ -36,10 +37,13 @@ from trl.distributed import DistributedBackend
 from trl.models.utils import _ForwardRedirection, prepare_deepspeed, prepare_fsdp
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
+from thinkctl.batch import Example
 from thinkctl.config import option
-from thinkctl.data import LOCAL_SUFFIXES, read_local_rows, render_prompt
+from thinkctl.data import LOCAL_SUFFIXES, render_prompt
 from thinkctl.errors import ConfigError, DataFormatError
-from thinkctl.thinking import THINK_OPEN
+from thinkctl.io import iter_jsonl
+from thinkctl.models import file_fingerprint
+from thinkctl.thinking import THINK_CLOSE, THINK_OPEN
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,10 @@ FINAL_DIR = "final"
 
 
 # --- settings -------------------------------------------------------------------------------------------------
+
+
+#: :class:`TrainerConfig` keys a run's settings record leaves out (see :meth:`TrainerConfig.compared`)
+UNCOMPARED_TRAINER_KEYS = ("output_dir", "save_steps", "save_total_limit", "logging_steps")
 
 
 @dataclass
@@ -84,6 +92,11 @@ class TrainerConfig:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+    def compared(self) -> dict[str, Any]:
+        """The settings that change what training makes, for a run's record: all but where it is written and how
+        often it logs and saves (a resumed run may checkpoint more often and still be the same run)."""
+        return {k: v for k, v in asdict(self).items() if k not in UNCOMPARED_TRAINER_KEYS}
 
     @property
     def use_cpu(self) -> bool:
@@ -123,6 +136,33 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
     done = [p for p in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
             if p.name.rpartition("-")[2].isdigit() and (p / TRAINER_STATE_NAME).is_file()]
     return str(max(done, key=lambda p: int(p.name.rpartition("-")[2]))) if done else None
+
+
+def training_examples(rows: Iterable[Example], max_length: int, what: str) -> list[Example]:
+    """Encoded rows ready for a :class:`ListDataset`: held as int32 arrays (4 bytes a token where a list of Python
+    ints takes 36), without rows that have no response token within ``max_length``.
+
+    How many rows fill ``max_length`` (and were cut there, losing their end: answer and EOS) and how many were
+    dropped is logged, so a too-short ``max_length`` is never silent.
+    """
+    kept: list[Example] = []
+    full = dropped = 0
+    for ids, n_prompt in rows:
+        full += len(ids) >= max_length
+        if len(ids) <= max(n_prompt, 1):  # no response token to predict
+            dropped += 1
+            continue
+        kept.append((np.asarray(ids, dtype=np.int32), n_prompt))
+    total = len(kept) + dropped
+    if full:
+        log.warning("%s: %d of %d sequences fill max_length=%d tokens and are cut there (their ends are not trained "
+                    "on); raise max_length to keep them whole", what, full, total, max_length)
+    if dropped:
+        log.warning("%s: dropped %d of %d sequences with no response token within max_length=%d", what, dropped, total,
+                    max_length)
+    if not kept:
+        raise ConfigError(f"{what}: no training sequence has a response token within max_length={max_length}")
+    return kept
 
 
 class ListDataset(torch.utils.data.Dataset):
@@ -246,27 +286,77 @@ class SummedLossTrainer(Trainer):
 
 # --- offline trace datasets -------------------------------------------------------------------------------------
 
+#: how a trace's question becomes its training prompt (``prompt_format``): "chat" renders it with the tokenizer's chat
+#: template and generation prompt (R1's ends ``<think>\n``); the others are LLaMA-Factory's templates of the same
+#: name, which the paper's training configs use (after the tokenizer's BOS): ``deepseek`` for TrRa, ``deepseek3`` for InRa
+PROMPT_FORMATS: dict[str, str | None] = {
+    "chat": None,
+    "deepseek": "User: {question}\n\nAssistant:",
+    "deepseek3": "<｜User｜>{question}<｜Assistant｜>",
+}
+
+
+def training_prompt(tokenizer: Any, question: str, prompt_format: str = "chat") -> str:
+    """The training prompt of ``question`` in ``prompt_format`` (see :data:`PROMPT_FORMATS`)."""
+    if prompt_format not in PROMPT_FORMATS:
+        raise ConfigError(f"prompt_format must be one of {list(PROMPT_FORMATS)}, got {prompt_format!r}")
+    template = PROMPT_FORMATS[prompt_format]
+    if template is None:
+        return render_prompt(tokenizer, question)
+    return (getattr(tokenizer, "bos_token", None) or "") + template.replace("{question}", question)
+
 
 @dataclass
 class TraceConfig:
     """An existing dataset of questions and responses to train on instead of generating (the paper's setting).
 
     ``prompt`` fields already rendered with a chat template are used verbatim; otherwise the question field is
-    rendered with the model's template. Fields may hold text, one chat message (``{"from"|"role", "value"|"content"}``)
+    rendered in ``prompt_format``. Fields may hold text, one chat message (``{"from"|"role", "value"|"content"}``)
     or a conversation (a list of messages: its last user turn is the question, its last turn the response).
+    Rows are read one at a time and only as many as the run consumes (:func:`load_traces`).
     """
 
     data: str | None = option(None, "trace dataset: hub name (e.g. wh-zhu/long_cot_calibration) or a local .jsonl/.json/.parquet")
     data_split: str = option("train", "its split (hub datasets)")
-    data_limit: int | None = option(None, "use only its first N rows")
-    question_field: str = option("question", "field holding the question (rendered with the chat template)")
+    data_limit: int | None = option(None, "use only its first N rows (default: as many as max_steps × the global batch consumes)")
+    question_field: str = option("question", "field holding the question (rendered in prompt_format)")
     response_field: str = option("response", "field holding the response to train on")
+    prompt_format: str = option(
+        "chat", "training prompt of a question: chat (the model's chat template; R1's opens <think> in the prompt), "
+                "deepseek ('User: …\\n\\nAssistant:', the paper's TrRa), deepseek3 (R1's '<｜User｜>…<｜Assistant｜>' "
+                "without <think>, the paper's InRa)", choices=tuple(PROMPT_FORMATS))
 
-    def load(self, tokenizer: Any) -> list[Trace]:
-        """The traces of this dataset (see :func:`load_traces`)."""
+    def __post_init__(self) -> None:
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ConfigError(f"prompt_format must be one of {list(PROMPT_FORMATS)}, got {self.prompt_format!r}")
+        if self.data_limit is not None and self.data_limit < 1:
+            raise ConfigError(f"data_limit must be ≥ 1 (leave it out for what the run consumes), got {self.data_limit}")
+
+    def check(self) -> None:
+        """Fail now, before any model loads or generates, when a local trace file is missing."""
+        if self.data and _local(self.data) is not None and not _local(self.data).is_file():
+            raise DataFormatError(f"trace dataset file does not exist: {_local(self.data)} (`data`)")
+
+    def identity(self) -> dict[str, Any]:
+        """What a run records of this dataset: the settings, and a fingerprint of a local file's content."""
+        path = _local(self.data) if self.data else None
+        return {**asdict(self), "file": file_fingerprint(path) if path is not None and path.is_file() else None}
+
+    def load(self, tokenizer: Any, consumed: int | None = None) -> list[Trace]:
+        """The first ``min(data_limit, consumed)`` traces of this dataset (see :func:`load_traces`)."""
         if not self.data:
             raise ConfigError("no trace dataset given (`data`)")
-        return load_traces(self.data, tokenizer, self.data_split, self.data_limit, self.question_field, self.response_field)
+        limits = [n for n in (self.data_limit, consumed) if n is not None]
+        return load_traces(self.data, tokenizer, self.data_split, min(limits) if limits else None, self.question_field,
+                           self.response_field, self.prompt_format)
+
+
+def consumed_rows(training: TrainerConfig, processes: int | None = None) -> int | None:
+    """Training rows a run reads: ``max_steps × per-device batch × accumulation × processes`` (None: epochs)."""
+    if training.max_steps < 1:
+        return None
+    n = processes if processes is not None else launched_processes()
+    return training.max_steps * training.per_device_train_batch_size * training.gradient_accumulation_steps * n
 
 
 @dataclass(frozen=True)
@@ -278,17 +368,40 @@ class Trace:
     response: str
 
 
-def _rows(source: str, split: str) -> Sequence[dict[str, Any]]:
-    """The raw rows of a local .jsonl/.json/.parquet file, or of a hub dataset's ``split``."""
+def _local(source: str) -> Path | None:
+    """The local file a source names, or None for a hub name."""
     path = Path(source).expanduser()
-    if path.suffix.lower() in LOCAL_SUFFIXES:
-        return read_local_rows(path, "trace dataset file")
+    return path if path.suffix.lower() in LOCAL_SUFFIXES else None
+
+
+def _rows(source: str, split: str) -> Iterator[dict[str, Any]]:
+    """The raw rows of a local .jsonl/.json/.parquet file or of a hub dataset's ``split``, one at a time.
+
+    JSONL is read line by line; the other kinds through ``datasets``, whose Arrow tables are memory-mapped, so
+    memory does not grow with the rows a reader never reaches.
+    """
+    path = _local(source)
+    if path is not None and path.suffix.lower() == ".jsonl":
+        if not path.is_file():
+            raise DataFormatError(f"trace dataset file does not exist: {path}")
+        yield from iter_jsonl(path)
+        return
     import datasets
 
-    try:
-        return datasets.load_dataset(source, split=split)
-    except Exception as e:  # offline machines raise many types; name the source instead
-        raise DataFormatError(f"could not load the trace dataset {source!r} (split {split!r}): {e}") from None
+    if path is not None:
+        if not path.is_file():
+            raise DataFormatError(f"trace dataset file does not exist: {path}")
+        kind = path.suffix.lower().lstrip(".")
+        try:
+            table = datasets.load_dataset(kind, data_files=str(path), split="train")
+        except Exception as e:  # datasets raises many types for a bad file; name the file instead
+            raise DataFormatError(f"could not read {path} as {kind}: {e}") from None
+    else:
+        try:
+            table = datasets.load_dataset(source, split=split)
+        except Exception as e:  # offline machines raise many types; name the source instead
+            raise DataFormatError(f"could not load the trace dataset {source!r} (split {split!r}): {e}") from None
+    yield from table
 
 
 def _message_text(value: Any, where: str, *, question: bool) -> str:
@@ -306,14 +419,27 @@ def _message_text(value: Any, where: str, *, question: bool) -> str:
     raise DataFormatError(f"{where}: expected text, a chat message or a list of messages, got {str(value)[:80]!r}")
 
 
-def load_traces(source: str, tokenizer: Any, split: str = "train", limit: int | None = None,
-                question_field: str = "question", response_field: str = "response") -> list[Trace]:
-    """Prompts (rendered for ``tokenizer``) and responses of a hub or local trace dataset.
+def leaves_thinking_open(prompt: str, response: str) -> bool:
+    """True when the prompt and response together leave a think block open: trained on, the model learns to answer
+    inside thinking that never closes (which evaluation grades as unfinished)."""
+    text = prompt + response
+    return text.rfind(THINK_OPEN) > text.rfind(THINK_CLOSE)
 
-    When the chat template opens the think block in the prompt (R1's does) and a response opens it again, the
-    response's ``<think>`` is dropped, so the model trains on the token sequence it generates itself.
+
+def load_traces(source: str, tokenizer: Any, split: str = "train", limit: int | None = None,
+                question_field: str = "question", response_field: str = "response", prompt_format: str = "chat") -> list[Trace]:
+    """Prompts (rendered for ``tokenizer`` in ``prompt_format``) and responses of the first ``limit`` rows of a hub
+    or local trace dataset; rows past ``limit`` are never read.
+
+    When the prompt opens the think block (R1's chat template does) and a response opens it again, the response's
+    ``<think>`` is dropped, so the model trains on the token sequence it generates itself. Two things are logged as
+    warnings with their counts: traces that leave a think block open (the prompt opens one the response never
+    closes: e.g. short answers that follow ``</think>`` in their source, trained under a template that opens
+    thinking), and columns the traces do not use (e.g. alpaca's ``input``, which is not appended to the question).
     """
-    traces = []
+    traces: list[Trace] = []
+    ignored: dict[str, int] = {}
+    open_thinking = 0
     for i, row in enumerate(_rows(source, split)):
         if limit is not None and i >= limit:
             break
@@ -322,13 +448,25 @@ def load_traces(source: str, tokenizer: Any, split: str = "train", limit: int | 
             raise DataFormatError(f"{where}: need a `prompt` or `{question_field}` field and a `{response_field}` field "
                                   f"(set question_field/response_field); keys are {sorted(row)}")
         if "prompt" in row and isinstance(row["prompt"], str) and question_field not in row:
-            prompt = row["prompt"]
+            prompt, used = row["prompt"], {"prompt", response_field, "id"}
         else:
-            prompt = render_prompt(tokenizer, _message_text(row[question_field], where, question=True))
+            prompt = training_prompt(tokenizer, _message_text(row[question_field], where, question=True), prompt_format)
+            used = {question_field, response_field, "id"}
+        for column in row.keys() - used:
+            ignored[column] = ignored.get(column, 0) + (row[column] not in (None, "", [], {}))
         response = _message_text(row[response_field], where, question=False)
         if prompt.rstrip().endswith(THINK_OPEN) and response.lstrip().startswith(THINK_OPEN):
             response = response.lstrip()[len(THINK_OPEN):].lstrip("\n")
+        open_thinking += leaves_thinking_open(prompt, response)
         traces.append(Trace(str(row.get("id", i + 1)), prompt, response))
     if not traces:
         raise DataFormatError(f"the trace dataset {source!r} has no rows")
+    if open_thinking:
+        log.warning("%d of %d traces from %s leave a think block open (the prompt or response opens <think> and the "
+                    "response never closes it): the model learns to answer inside unfinished thinking; check "
+                    "prompt_format (deepseek3 keeps <think> out of the prompt)", open_thinking, len(traces), source)
+    if ignored:
+        columns = ", ".join(f"`{c}` ({n} of {len(traces)} rows non-empty)" for c, n in sorted(ignored.items()))
+        log.warning("%s: columns not used for training: %s (question: `%s`, response: `%s`)", source, columns,
+                    question_field, response_field)
     return traces

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from transformers import TrainerCallback, TrainingArguments
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl.trainer.utils import selective_log_softmax
 
 from thinkctl.batch import IGNORE_INDEX, Example, collate, encode, encode_text, positions
@@ -49,12 +50,15 @@ from thinkctl.errors import ConfigError
 from thinkctl.inra.checkpoint import adapter_weights, save_inra
 from thinkctl.inra.model import InRaModel
 from thinkctl.inra.pairs import Rollout, collect_rollouts, load_rollouts, preference_pair, save_rollouts
-from thinkctl.io import atomic_write_json
 from thinkctl.losses import divergence_option, fused_kd_loss, jsd_beta_option, validate_divergence
-from thinkctl.models import load_causal_lm, load_tokenizer
+from thinkctl.models import check_same_vocab, load_causal_lm, load_tokenizer, model_identity
 from thinkctl.rollout.hf import HFBackend
+from thinkctl.runs import open_staged_run
 from thinkctl.sampling import SamplingConfig
-from thinkctl.training import FINAL_DIR, ListDataset, SummedLossTrainer, TraceConfig, TrainerConfig, last_checkpoint, prepare_frozen
+from thinkctl.training import (
+    FINAL_DIR, ListDataset, SummedLossTrainer, TraceConfig, TrainerConfig, consumed_rows, last_checkpoint, prepare_frozen,
+    training_examples,
+)
 
 log = logging.getLogger(__name__)
 
@@ -172,14 +176,13 @@ def training_rows(cfg: InRaTrainConfig, tokenizer: Any, groups: list[list[Rollou
         log.info("DPO: %d preference pairs from %d prompts", len(pairs), len(groups))
         return [(enc(c), enc(r)) for c, r in pairs]
     if cfg.method == "sft" and cfg.traces.data:
-        rows = [encode_text(tokenizer, t.prompt, t.response, cfg.max_length) for t in cfg.traces.load(tokenizer)]
+        traces = cfg.traces.load(tokenizer, consumed_rows(cfg.training))
+        encoded = (encode_text(tokenizer, t.prompt, t.response, cfg.max_length) for t in traces)
     elif cfg.method == "sft":
-        rows = [enc(r) for g in groups for r in g if r.correct and r.finish_reason == "stop"]
+        encoded = (enc(r) for g in groups for r in g if r.correct and r.finish_reason == "stop")
     else:
-        rows = [enc(r) for g in groups for r in g]
-    rows = [(ids, n_prompt) for ids, n_prompt in rows if len(ids) > max(n_prompt, 1)]  # a response token to predict
-    if not rows:
-        raise ConfigError(f"inra: no {cfg.method} training sequence with a response token within max_length={cfg.max_length}")
+        encoded = (enc(r) for g in groups for r in g)
+    rows = training_examples(encoded, cfg.max_length, f"inra {cfg.method}")
     log.info("%s: %d sequences", cfg.method, len(rows))
     return rows
 
@@ -263,17 +266,49 @@ def make_inra_trainer(
     )
 
 
-def train_inra(cfg: InRaTrainConfig, callbacks: list[TrainerCallback] | None = None) -> Path:
+#: what an InRa run directory holds, per settings section (see :func:`thinkctl.runs.open_staged_run`)
+WORK = {"data": ("rollouts.jsonl",), "training": (f"{PREFIX_CHECKPOINT_DIR}-*", FINAL_DIR, "trainer_state.json")}
+#: the settings that decide the training data (the rollouts, or the trace rows); the others decide the training
+_DATA_KEYS = ("method", "benchmark", "split", "limit", "rollout_lambdas", "rollout_samples", "rollout", "dtype")
+
+
+def run_settings(cfg: InRaTrainConfig) -> dict[str, dict[str, Any]]:
+    """The compared settings of an InRa run, in :data:`WORK`'s sections: the models by identity
+    (:func:`thinkctl.models.model_identity`), a trace file by content, the Trainer's settings but where and how
+    often it saves and logs."""
+    values = asdict(cfg)
+    data = {k: values.pop(k) for k in _DATA_KEYS}
+    data.update(base=model_identity(cfg.base), teacher=model_identity(cfg.teacher) if cfg.teacher else None,
+                traces=cfg.traces.identity() if cfg.traces.data else None, seed=cfg.training.seed)
+    for key in ("base", "teacher", "traces", "rollout_batch_size", "training"):
+        values.pop(key)
+    return {"data": data, "training": {**values, "training": cfg.training.compared()}}
+
+
+def check_inputs(cfg: InRaTrainConfig) -> Any:
+    """The base's tokenizer, after checking what training needs before anything generates or trains: the trace
+    file exists, and the teacher shares the base's vocabulary."""
+    cfg.traces.check()
+    tokenizer = load_tokenizer(cfg.base)
+    if cfg.teacher and (cfg.method == "distill" or not cfg.traces.data):
+        check_same_vocab(tokenizer, load_tokenizer(cfg.teacher), names=("base", "teacher"))
+    return tokenizer
+
+
+def train_inra(cfg: InRaTrainConfig, callbacks: list[TrainerCallback] | None = None, overwrite: bool = False) -> Path:
     """Train an adapter on ``cfg.base`` and save the final InRa checkpoint to ``OUTPUT_DIR/final``.
 
     Runs as one process or on every process of an ``accelerate launch``; resumes from the latest
-    ``checkpoint-N`` in the output directory. Returns the final checkpoint path.
+    ``checkpoint-N`` in the output directory. The directory records the run's settings (``run.json``): a rerun
+    under other ones is refused with each difference named, unless ``overwrite`` moves the work they invalidate
+    aside (new training settings keep the rollouts). Returns the final checkpoint path.
     """
     output_dir = Path(cfg.training.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(output_dir / "train_config.json", asdict(cfg))
+    tokenizer = check_inputs(cfg)
     args = cfg.training.training_arguments()  # first: under ZeRO-3 it makes the model loads below sharded
-    tokenizer = load_tokenizer(cfg.base)
+    with args.main_process_first(local=False, desc="InRa run settings"):
+        open_staged_run(output_dir, run_settings(cfg), {"inra": asdict(cfg)}, work=WORK, overwrite=overwrite,
+                        write=args.process_index == 0)
     with args.main_process_first(desc="InRa training data"):
         needs_rollouts = not (cfg.method == "sft" and cfg.traces.data)
         groups = build_rollouts(cfg, tokenizer, output_dir / "rollouts.jsonl", str(args.device)) if needs_rollouts else []

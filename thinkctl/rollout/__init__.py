@@ -74,7 +74,11 @@ class BackendConfig:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be ≥ 1, got {getattr(self, key)}")
         if self.engine != "vllm" and self.parallel():
-            raise ConfigError(f"{sorted(self.parallel())} are vLLM engine settings: add --engine vllm")
+            given = sorted(self.parallel())
+            fixes = [f"--{k.replace('_', '-')} 1" for k in given if k.endswith("_size")]
+            fixes += ["no distributed_executor_backend"] * ("distributed_executor_backend" in given)
+            raise ConfigError(f"{given} are vLLM engine settings (recipes for vLLM set them): the {self.engine} engine "
+                              f"runs one replica, so add {' and '.join(fixes)}; or use --engine vllm")
 
     def parallel(self) -> dict[str, Any]:
         """The parallel settings given (those away from their defaults), as vLLM engine arguments."""

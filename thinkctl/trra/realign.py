@@ -8,8 +8,16 @@ Every stage leaves its result in the run directory and is skipped (or resumed) o
 * ``eval/results.jsonl``    held-out records, ``n_samples`` per problem with the recipe's sampling: reference
   (method "fused", λ=0), fused teacher (method "fused", λ) and student (method "student"), resumable like any sweep;
 * ``student/``              Trainer checkpoints, resumed; ``student/final`` the distilled model;
-* ``report.json`` / ``report.md``  accuracy, mean thinking tokens and reduction vs the reference,
-  written atomically at the end.
+* ``report.json`` / ``report.md``  accuracy, mean thinking tokens, reduction vs the reference and the share
+  of samples cut off by ``max_new_tokens``, written atomically at the end;
+* ``run.json``              the settings every stage's work was made under (:data:`WORK` sections: teacher, data,
+  student, eval). A rerun compares the sections its stage depends on and refuses any difference, naming each
+  (``--lambda 2`` after a λ = 1.5 run, another ``--max-steps``, trace file or ``--max-new-tokens``); with
+  ``--overwrite`` the work of the first differing section and every later one moves into ``replaced-<time>/``
+  (with a trace dataset, a new ``max_new_tokens`` for the evaluation keeps the student). The same settings resume.
+
+Each stage checks its inputs (the trace file, one vocabulary for the pair and the student, a trained student
+for ``--stage eval``) before any model loads, and opens the rollout backend only to generate.
 
 **Iterated TrRa** (``--iterations K`` or a ``lambdas_per_round`` list): round 1 distils towards (reference R,
 aligned A) at its λ; round k ≥ 2 towards (R, the student of round k−1) at its own λ, every round's student
@@ -23,8 +31,10 @@ what ``data`` left and generates nothing).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,10 +45,12 @@ from thinkctl.data import benchmark_name, load_benchmark
 from thinkctl.errors import ConfigError
 from thinkctl.fusion import parse_lambda, validate_lambda
 from thinkctl.io import atomic_write_json, atomic_write_text
+from thinkctl.models import check_same_vocab, load_tokenizer
 from thinkctl.prompts import PromptConfig
 from thinkctl.rollout import BackendConfig, RolloutBackend
+from thinkctl.runs import open_staged_run
 from thinkctl.sampling import SamplingConfig
-from thinkctl.training import FINAL_DIR, TraceConfig, launched_processes
+from thinkctl.training import FINAL_DIR, TraceConfig, consumed_rows, launched_processes
 from thinkctl.trra.calibrate import DEFAULT_GRID, CalibrationError, CalibrationResult, backend_measure, calibrate_lambda
 from thinkctl.trra.data import DistillExample, from_traces, generate_distillation_data
 from thinkctl.trra.trainer import FINAL_MARKER, TrRaConfig, final_student_path, is_trained, train_trra
@@ -46,6 +58,8 @@ from thinkctl.trra.trainer import FINAL_MARKER, TrRaConfig, final_student_path, 
 log = logging.getLogger(__name__)
 
 STAGES = ("all", "data", "train", "eval")
+#: how recipes mark a model the user must name (recipes/r1-distill-qwen-7b-trra.yaml)
+PLACEHOLDER = "SET-ME"
 _GOALS = ("lambda_", "target_tokens", "lambdas_per_round")
 
 
@@ -109,6 +123,10 @@ class RealignConfig:
                               f"{len(self.lambdas_per_round)} values (one per round)")
         if self.n_samples < 1:
             raise ConfigError(f"realign: n_samples must be ≥ 1, got {self.n_samples}")
+        for key in ("reference", "aligned"):
+            if getattr(self, key).startswith(PLACEHOLDER):
+                raise ConfigError(f"realign: `{key}` is still the recipe's placeholder {getattr(self, key)!r}: set it in "
+                                  f"the recipe or with --{'ref' if key == 'reference' else key} (a hub name or path)")
 
     def round_lambdas(self) -> list[float | None]:
         """λ of each round; None where it is calibrated to ``target_tokens``."""
@@ -135,14 +153,23 @@ def _resolve_pair(cfg: RealignConfig) -> tuple[str, str]:
     return str(pair.reference), str(pair.aligned)
 
 
-def _calibrate(cfg: RealignConfig, backend: RolloutBackend | None, out_dir: Path) -> CalibrationResult:
-    """λ for ``target_tokens``: the saved calibration, or a new one (which needs a backend)."""
+def _saved_calibration(cfg: RealignConfig, out_dir: Path) -> CalibrationResult | None:
+    """The calibration a previous run saved for this target (its settings are checked by ``run.json``), if any."""
     path = out_dir / "calibration.json"
     if path.is_file():
         saved = CalibrationResult.from_dict(json.loads(path.read_text()))
         if saved.target_tokens == cfg.target_tokens and saved.reachable:
             log.info("reusing calibration λ=%g from %s", saved.lam, path)
             return saved
+    return None
+
+
+def _calibrate(cfg: RealignConfig, backend: RolloutBackend | None, out_dir: Path) -> CalibrationResult:
+    """λ for ``target_tokens``: the saved calibration, or a new one (which needs a backend)."""
+    path = out_dir / "calibration.json"
+    saved = _saved_calibration(cfg, out_dir)
+    if saved is not None:
+        return saved
     if backend is None:
         raise ConfigError(f"λ for {cfg.target_tokens:g} thinking tokens is not calibrated in {out_dir} yet: "
                           "run `thinkctl realign --stage data` first")
@@ -158,12 +185,13 @@ def _calibrate(cfg: RealignConfig, backend: RolloutBackend | None, out_dir: Path
     return result
 
 
-def _examples(cfg: RealignConfig, backend: RolloutBackend | None, reference: str, lam: float, out_dir: Path) -> list[DistillExample]:
-    """The distillation data: the trace dataset, or the fused teacher's responses at λ (cached)."""
+def _examples(cfg: RealignConfig, train: TrRaConfig, backend: RolloutBackend | None, reference: str, lam: float,
+              out_dir: Path) -> list[DistillExample]:
+    """The distillation data: the trace dataset's first rows, as many as training consumes, or the fused teacher's
+    responses at λ (cached)."""
     if cfg.traces.data:
-        from thinkctl.models import load_tokenizer
-
-        return from_traces(cfg.traces.load(backend.tokenizer if backend is not None else load_tokenizer(reference)))
+        tokenizer = backend.tokenizer if backend is not None else load_tokenizer(reference)
+        return from_traces(cfg.traces.load(tokenizer, consumed_rows(train.training)))
     problems = load_benchmark(cfg.train_benchmark, cfg.train_split, cfg.train_limit, cfg.sampling.seed)
     return generate_distillation_data(backend, problems, lam, cfg.sampling, out_dir / "distill_data.jsonl",
                                       only_correct=cfg.only_correct, prompt=cfg.prompt)
@@ -182,15 +210,16 @@ def _summary_rows(results: Path, lam: float) -> list[dict[str, Any]]:
             "model": name, "n": int(row["n"]), "accuracy": float(row["accuracy"]),
             "mean_thinking_tokens": float(row["mean_thinking_tokens"]),
             "reduction_pct_vs_reference": 100.0 * (1.0 - float(row["mean_thinking_tokens"]) / base) if base else 0.0,
+            "hit_limit": float(row["hit_limit"]),
         }
         for name, row in rows
     ]
 
 
 def _table(rows: list[dict[str, Any]], first: str) -> list[str]:
-    lines = [f"| {first} | accuracy % | mean thinking tokens | reduction vs reference % |", "|---|---|---|---|"]
-    return lines + [f"| {r['model']} | {100 * r['accuracy']:.1f} | {r['mean_thinking_tokens']:.1f} | {r['reduction_pct_vs_reference']:.1f} |"
-                    for r in rows]
+    lines = [f"| {first} | accuracy % | mean thinking tokens | reduction vs reference % | hit limit % |", "|---|---|---|---|---|"]
+    return lines + [f"| {r['model']} | {100 * r['accuracy']:.1f} | {r['mean_thinking_tokens']:.1f} | "
+                    f"{r['reduction_pct_vs_reference']:.1f} | {100 * r['hit_limit']:.1f} |" for r in rows]
 
 
 def _markdown(report: dict[str, Any]) -> str:
@@ -201,8 +230,11 @@ def _markdown(report: dict[str, Any]) -> str:
         lines.append(f"- target thinking tokens: {cal['target_tokens']:g}; teacher at λ on the calibration split: "
                      f"{cal['mean_thinking_tokens']:.1f} tokens, accuracy {100 * cal['accuracy']:.1f}%")
     lines += [f"- student: `{report['student']}`",
-              f"- held-out: {report['eval_benchmark']} ({report['rows'][0]['n']} samples, {report['decoding']})", ""]
-    return "\n".join(lines + _table(report["rows"], "model")) + "\n"
+              f"- held-out: {report['eval_benchmark']} ({report['rows'][0]['n']} samples, {report['decoding']}, at most "
+              f"{report['max_new_tokens']} new tokens)", ""]
+    note = ("\n'hit limit %' is the share of samples cut off by max_new_tokens: where it is high, a mean thinking length "
+            "is the cap in disguise.\n")
+    return "\n".join(lines + _table(report["rows"], "model")) + "\n" + note
 
 
 def _rounds_markdown(summary: dict[str, Any]) -> str:
@@ -215,49 +247,132 @@ def _rounds_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines + _table(rows, "model")) + "\n\nEach round's own report: `round-k/report.md`.\n"
 
 
+#: what a round directory holds, per settings section, in the order its stages build on each other
+#: (see :func:`thinkctl.runs.open_staged_run`)
+WORK = {
+    "teacher": ("calibration", "calibration.json"),
+    "data": ("distill_data.jsonl",),
+    "student": ("student",),
+    "eval": ("eval", "report.json", "report.md"),
+}
+#: the settings sections each stage depends on: it compares them with the round's record and adds them to it
+STAGE_SECTIONS = {"data": ("teacher", "data"), "train": ("teacher", "data", "student"), "eval": tuple(WORK), "all": tuple(WORK)}
+
+
+def round_settings(cfg: RealignConfig, train: TrRaConfig, reference: str, aligned: str, lam: float | None,
+                   eval_problems: list[Any]) -> dict[str, dict[str, Any]]:
+    """The compared settings of one round, by :data:`WORK` section.
+
+    Each section holds what its stage's work depends on: the pair by identity (:func:`thinkctl.models.model_identity`)
+    and λ or its calibration; the training data (a trace file by content, or what the teacher answered and how);
+    the student's training settings (but where and how often it saves and logs); the held-out evaluation. Sampling,
+    prompt and engine enter where they are used: a student distilled on a trace dataset stays valid under a new
+    ``max_new_tokens`` for the evaluation, one distilled on the teacher's responses does not.
+    """
+    from thinkctl.models import model_identity
+    from thinkctl.sweep import problems_digest
+
+    backend = cfg.backend.resolved()
+    asked = {"sampling": asdict(cfg.sampling), "prompt": {"template": cfg.prompt.template, "system_prompt": cfg.prompt.system_prompt},
+             "engine": backend.engine, "dtype": backend.dtype, "device": backend.device.split(":")[0]}
+    calibration = None if lam is not None else {
+        "target_tokens": cfg.target_tokens, "lambda_grid": list(cfg.lambda_grid), "refinements": cfg.calibration_refinements,
+        "benchmark": cfg.calib_benchmark, "split": cfg.calib_split, "limit": cfg.calib_limit, "seed": cfg.calib_seed,
+        "n_samples": cfg.n_samples, **asked,
+    }
+    teacher = {"reference": model_identity(reference), "aligned": model_identity(aligned), "lambda": lam, "calibration": calibration}
+    data = {"traces": cfg.traces.identity()} if cfg.traces.data else {
+        "benchmark": cfg.train_benchmark, "split": cfg.train_split, "limit": cfg.train_limit, "only_correct": cfg.only_correct, **asked}
+    values = asdict(train)
+    student = {**{k: v for k, v in values.items() if k not in ("training", "lambda_")}, "training": train.training.compared()}
+    evaluation = {"benchmark": benchmark_name(cfg.eval_benchmark), "split": cfg.eval_split, "limit": cfg.eval_limit,
+                  "n_problems": len(eval_problems), "problems_sha256": problems_digest(eval_problems),
+                  "n_samples": cfg.n_samples, **asked}
+    return {"teacher": teacher, "data": data, "student": student, "eval": evaluation}
+
+
+def _check_inputs(cfg: RealignConfig, train: TrRaConfig, reference: str, aligned: str, stage: str) -> None:
+    """What a stage needs, checked before anything loads or generates: the trace file, one vocabulary for the pair
+    (and the student), and for ``--stage eval`` a trained student."""
+    cfg.traces.check()
+    tokenizer = load_tokenizer(reference)
+    check_same_vocab(tokenizer, load_tokenizer(aligned))
+    if stage == "eval":
+        if not is_trained(train):
+            raise ConfigError(f"no trained student in {final_student_path(train)}: run `thinkctl realign --stage train` "
+                              "first (with the same settings)")
+        check_same_vocab(tokenizer, load_tokenizer(str(final_student_path(train))), names=("reference", "student"))
+
+
+@contextlib.contextmanager
+def _record_lock(train: TrRaConfig, stage: str) -> Iterator[bool]:
+    """Whether this process writes the round's record; under ``accelerate launch`` the main process checks (and
+    moves aside, with ``--overwrite``) first and the others compare after it."""
+    if stage != "train" or launched_processes() == 1:
+        yield True
+        return
+    args = train.training_arguments()
+    with args.main_process_first(local=False, desc="realign run settings"):
+        yield args.process_index == 0
+
+
 def _run_round(cfg: RealignConfig, train: TrRaConfig, reference: str, aligned: str, lam: float | None, out_dir: Path,
-               stage: str) -> dict[str, Any] | None:
-    """One TrRa round (see the module docstring) into ``out_dir``; its report, or None when ``stage`` stops early."""
+               stage: str, overwrite: bool = False) -> dict[str, Any] | None:
+    """One TrRa round (see the module docstring) into ``out_dir``; its report, or None when ``stage`` stops early.
+
+    The stage's inputs are checked and its settings compared with the round's ``run.json`` before any model loads;
+    the rollout backend is opened only when something is to be generated.
+    """
     from thinkctl.sweep import run_sweep
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "realign_config.json", {"realign": asdict(cfg), "trra": asdict(train), "aligned": aligned})
     evaluate = stage in ("all", "eval")
+    train = replace(train, training=replace(train.training, output_dir=str(out_dir / "student")))
     eval_problems = load_benchmark(cfg.eval_benchmark, cfg.eval_split, cfg.eval_limit, cfg.sampling.seed) if evaluate else []
+    _check_inputs(cfg, train, reference, aligned, stage)
+    settings = round_settings(cfg, train, reference, aligned, lam, eval_problems)
+    context = {"realign": asdict(cfg), "trra": asdict(train), "reference": reference, "aligned": aligned}
+    with _record_lock(train, stage) as write:
+        open_staged_run(out_dir, {s: settings[s] for s in STAGE_SECTIONS[stage]}, context, work=WORK, overwrite=overwrite,
+                        write=write)
     eval_bench, eval_path = benchmark_name(cfg.eval_benchmark), out_dir / "eval"
     sweep = dict(benchmark=eval_bench, n_samples=cfg.n_samples, prompt=cfg.prompt, summarize=False)
 
-    backend = cfg.backend.open(reference, aligned) if stage != "train" else None
+    calibration = _saved_calibration(cfg, out_dir) if lam is None else None
+    generates_data = stage in ("all", "data") and not cfg.traces.data
+    needs_examples = stage in ("all", "train") or generates_data
+    opens = stage != "train" and (evaluate or generates_data or (lam is None and calibration is None))
+    backend = cfg.backend.open(reference, aligned) if opens else None
     try:
-        calibration = _calibrate(cfg, backend, out_dir) if lam is None else None
-        lam = calibration.lam if calibration is not None else lam
+        if lam is None:
+            calibration = calibration or _calibrate(cfg, backend, out_dir)
+            lam = calibration.lam
         log.info("round %s: distilling towards %s + %s at λ=%g", out_dir.name, reference, aligned, lam)
-        examples = _examples(cfg, backend, reference, lam, out_dir) if stage != "eval" else []
+        examples = _examples(cfg, train, backend, reference, lam, out_dir) if needs_examples else []
         if evaluate:
             run_sweep(backend, eval_problems, sorted({0.0, lam}), cfg.sampling, eval_path, method="fused",
-                      model=f"{reference} + {aligned}", **sweep)
+                      model=f"{reference} + {aligned}", base=reference, **sweep)
     finally:
         if backend is not None:
             backend.close()
     if stage == "data":
         return None
 
-    train = replace(train, lambda_=lam, training=replace(train.training, output_dir=str(out_dir / "student")))
-    if stage == "eval" and not is_trained(train):
-        raise ConfigError(f"no trained student in {final_student_path(train)}: run `thinkctl realign --stage train` first")
-    student_path = train_trra(train, reference, aligned, examples)
+    train = replace(train, lambda_=lam)
+    student_path = final_student_path(train) if stage == "eval" else train_trra(train, reference, aligned, examples)
     if stage == "train":
         return None
 
     student = cfg.backend.open(str(student_path))
     try:
-        run_sweep(student, eval_problems, [0.0], cfg.sampling, eval_path, method="student", model=str(student_path), **sweep)
+        run_sweep(student, eval_problems, [0.0], cfg.sampling, eval_path, method="student", model=str(student_path),
+                  base=reference, **sweep)
     finally:
         student.close()
     report = {
         "reference": reference, "aligned": aligned, "student": str(student_path), "lambda": lam,
         "target_tokens": cfg.target_tokens, "calibration": calibration.to_dict() if calibration else None,
-        "eval_benchmark": eval_bench, "decoding": cfg.decoding(), "n_train_examples": len(examples),
+        "eval_benchmark": eval_bench, "decoding": cfg.decoding(), "max_new_tokens": cfg.sampling.max_new_tokens,
+        "n_train_examples": len(examples) if stage == "all" else None,
         "rows": _summary_rows(eval_path / "results.jsonl", lam),
     }
     atomic_write_json(out_dir / "report.json", report)
@@ -267,9 +382,14 @@ def _run_round(cfg: RealignConfig, train: TrRaConfig, reference: str, aligned: s
     return report
 
 
-def run_realign(cfg: RealignConfig, train: TrRaConfig, out_dir: str | Path, stage: str = "all") -> dict[str, Any] | None:
+def run_realign(cfg: RealignConfig, train: TrRaConfig, out_dir: str | Path, stage: str = "all",
+                overwrite: bool = False) -> dict[str, Any] | None:
     """Run (or resume) ``stage`` of every round into ``out_dir``; returns the report (also ``report.json``), or
-    None when the stage ends before evaluation."""
+    None when the stage ends before evaluation.
+
+    Each round directory records its settings (``run.json``); a rerun under other ones is refused with each
+    difference named, unless ``overwrite`` moves the work they invalidate aside (:func:`thinkctl.runs.open_staged_run`).
+    """
     if stage not in STAGES:
         raise ConfigError(f"realign: stage must be one of {list(STAGES)}, got {stage!r}")
     if stage != "train" and launched_processes() > 1:
@@ -279,13 +399,13 @@ def run_realign(cfg: RealignConfig, train: TrRaConfig, out_dir: str | Path, stag
     reference, aligned = _resolve_pair(cfg)
     lambdas = cfg.round_lambdas()
     if len(lambdas) == 1:
-        return _run_round(cfg, train, reference, aligned, lambdas[0], out_dir, stage)
+        return _run_round(cfg, train, reference, aligned, lambdas[0], out_dir, stage, overwrite)
     reports = []
     for k, lam in enumerate(lambdas, start=1):
         if k > 1 and stage == "data" and not Path(aligned, FINAL_MARKER).is_file():
             log.info("round %d needs round %d's student (%s): run --stage train, then --stage data again", k, k - 1, aligned)
             return None
-        reports.append(_run_round(cfg, train, reference, aligned, lam, out_dir / f"round-{k}", stage))
+        reports.append(_run_round(cfg, train, reference, aligned, lam, out_dir / f"round-{k}", stage, overwrite))
         aligned = str(out_dir / f"round-{k}" / "student" / FINAL_DIR)
     if stage in ("data", "train"):
         return None

@@ -18,6 +18,7 @@ Names follow ``TrainingArguments`` and TRL's ``GKDConfig`` where they overlap.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +34,9 @@ from thinkctl.config import group, lambda_option, option
 from thinkctl.errors import ConfigError
 from thinkctl.io import atomic_write_json
 from thinkctl.losses import chunked_fused_kd_loss, divergence_option, jsd_beta_option, validate_divergence
-from thinkctl.training import FINAL_DIR, ListDataset, SummedLossTrainer, TrainerConfig, head_weights, last_checkpoint, prepare_frozen
+from thinkctl.training import (
+    FINAL_DIR, ListDataset, SummedLossTrainer, TrainerConfig, head_weights, last_checkpoint, prepare_frozen, training_examples,
+)
 from thinkctl.trra.data import DistillExample, encode_example
 
 log = logging.getLogger(__name__)
@@ -150,10 +153,7 @@ def make_trainer(
     args: TrainingArguments | None = None,
 ) -> TrRaTrainer:
     """A :class:`TrRaTrainer` over ``examples`` encoded with ``tokenizer`` (``args`` default: ``cfg``'s)."""
-    rows = [encode_example(tokenizer, ex, cfg.max_length) for ex in examples]
-    rows = [(ids, n_prompt) for ids, n_prompt in rows if len(ids) > max(n_prompt, 1)]  # a response token to predict
-    if not rows:
-        raise ConfigError(f"no example has a response token within max_length={cfg.max_length}")
+    rows = training_examples((encode_example(tokenizer, ex, cfg.max_length) for ex in examples), cfg.max_length, "trra")
     return TrRaTrainer(
         model=student, args=args or cfg.training_arguments(), train_dataset=ListDataset(rows),
         data_collator=functools.partial(collate, pad_id=tokenizer.pad_token_id), processing_class=tokenizer, callbacks=callbacks,
@@ -165,13 +165,22 @@ def final_student_path(cfg: TrRaConfig) -> Path:
     return Path(cfg.training.output_dir) / FINAL_DIR
 
 
+def student_reference(path: str | Path) -> str | None:
+    """The reference a saved TrRa student was distilled from (its marker says), or None when ``path`` is no student."""
+    marker = Path(path).expanduser() / FINAL_MARKER
+    if not marker.is_file():
+        return None
+    return json.loads(marker.read_text(encoding="utf-8")).get("reference")
+
+
 def is_trained(cfg: TrRaConfig) -> bool:
     """True once the final student was saved completely (its marker is written last)."""
     return (final_student_path(cfg) / FINAL_MARKER).is_file()
 
 
-def save_student(trainer: TrRaTrainer, tokenizer: Any, cfg: TrRaConfig) -> Path:
-    """Save the student as an ordinary checkpoint (LoRA merged in) + tokenizer, then the completion marker.
+def save_student(trainer: TrRaTrainer, tokenizer: Any, cfg: TrRaConfig, teachers: dict[str, str] | None = None) -> Path:
+    """Save the student as an ordinary checkpoint (LoRA merged in) + tokenizer, then the completion marker, which
+    names the ``teachers`` (reference, aligned): a sweep of the student measures it against its reference.
 
     Every process calls this: under FSDP/ZeRO-3 ``save_model`` gathers the sharded weights (a collective) and
     the main process writes them.
@@ -184,7 +193,8 @@ def save_student(trainer: TrRaTrainer, tokenizer: Any, cfg: TrRaConfig) -> Path:
         trainer.accelerator.unwrap_model(trainer.model).merge_and_unload().eval().save_pretrained(path)
         tokenizer.save_pretrained(path)
     if main:
-        atomic_write_json(path / FINAL_MARKER, {"config": asdict(cfg), "global_step": trainer.state.global_step})
+        atomic_write_json(path / FINAL_MARKER, {"config": asdict(cfg), "global_step": trainer.state.global_step,
+                                                **(teachers or {})})
     trainer.accelerator.wait_for_everyone()
     return path
 
@@ -216,7 +226,7 @@ def train_trra(cfg: TrRaConfig, reference: str, aligned: str, examples: list[Dis
         log.info("resuming TrRa training from %s", last)
     trainer.train(resume_from_checkpoint=last)
     trainer.finish()
-    path = save_student(trainer, tokenizer, cfg)
+    path = save_student(trainer, tokenizer, cfg, {"reference": reference, "aligned": aligned})
     if trainer.accelerator.is_main_process:
         write_card(path, trra_card(path, reference, aligned, cfg.lambda_))
     return path
