@@ -161,11 +161,12 @@ def _print_shape(out_dir: Path) -> None:
 
     from thinkctl.io import atomic_write_json
     from thinkctl.records import load_records
-    from thinkctl.tiny.shape import SHAPE_LAMBDAS, check_shape, format_shape
+    from thinkctl.tiny.shape import check_shape, format_shape, missing_lambdas
 
     records = load_records([out_dir / "results.jsonl"])
-    if not set(SHAPE_LAMBDAS) <= set(records["lam"].astype(float)):
-        print(f"(shape check skipped: it needs λ {list(SHAPE_LAMBDAS)} in the sweep)")
+    missing = missing_lambdas(records)
+    if missing:
+        print(f"(shape check skipped: the sweep lacks λ {missing})")
         return
     checks = check_shape(records)
     atomic_write_json(out_dir / "shape.json", {"passed": all(c.passed for c in checks), "checks": [asdict(c) for c in checks]})

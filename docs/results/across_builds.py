@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from thinkctl.records import aggregate, load_records
-from thinkctl.tiny.shape import check_shape
+from thinkctl.tiny.shape import check_shape, largest_free_cut
 
 
 def _json(path: Path) -> dict | None:
@@ -49,11 +49,9 @@ def build_figures(runs: Path) -> dict[str, float]:
                                                         / levels.loc[(1.0, 1), "mean_thinking_tokens"])
         acc = 100 * overall["accuracy"]
         fig["cliff: λ 0 − λ 1 accuracy, points"] = acc[0.0] - acc[1.0]
-        free = [lam for lam in overall.index if 0 < lam < 1 and acc[lam] >= acc[0.0] - 1]
-        if free:
-            best = min(free, key=lambda lam: overall.loc[lam, "mean_thinking_tokens"])
-            fig["free region: largest cut within 1 point, %"] = 100 * (1 - overall.loc[best, "mean_thinking_tokens"]
-                                                                        / overall.loc[0.0, "mean_thinking_tokens"])
+        free = largest_free_cut(acc, overall["mean_thinking_tokens"])
+        if free is not None:
+            fig["free region: largest cut within 1 point, %"] = free[1]
         checks = check_shape(records)
         fig["shape checks passed (of %d)" % len(checks)] = sum(c.passed for c in checks)
     for estimator in ("logistic", "bins"):

@@ -38,6 +38,22 @@ class ShapeCheck:
         return f"{'✓' if self.passed else '✗'} {self.name}: {self.detail}"
 
 
+def missing_lambdas(records: pd.DataFrame) -> list[float]:
+    """The λ of :data:`SHAPE_LAMBDAS` the records lack (the shape check needs all of them)."""
+    present = set(records["lam"].astype(float))
+    return [lam for lam in SHAPE_LAMBDAS if lam not in present]
+
+
+def largest_free_cut(accuracy: pd.Series, thinking: pd.Series, within_pts: float = 1.0) -> tuple[float, float] | None:
+    """(λ, % less thinking than λ 0) of the λ in (0, 1) that thinks least while within ``within_pts`` of λ 0's
+    accuracy (percent, indexed by λ); None when no λ in (0, 1) stays that close."""
+    close = [lam for lam in thinking.index if 0 < lam < 1 and accuracy[lam] >= accuracy[0.0] - within_pts]
+    if not close:
+        return None
+    best = min(close, key=thinking.__getitem__)
+    return best, 100 * (1 - thinking[best] / thinking[0.0])
+
+
 def _table(records: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return aggregate(records, by).set_index(by)
 
@@ -52,7 +68,7 @@ def check_shape(records: pd.DataFrame) -> list[ShapeCheck]:
     * cliff: λ 1 is ≥ 15 points below λ 0, and level 5 loses more there than level 1 (hard first);
     * no half-fused dip: accuracy is non-increasing in λ on [0, 1.5] within 2 points.
     """
-    missing = [lam for lam in SHAPE_LAMBDAS if lam not in set(records["lam"].astype(float))]
+    missing = missing_lambdas(records)
     if missing:
         raise ValueError(f"the shape check needs results at λ {missing}; sweep the demo's grid")
     overall = _table(records, ["lam"])
@@ -83,15 +99,16 @@ def check_shape(records: pd.DataFrame) -> list[ShapeCheck]:
         "thinking falls with λ on [0, 1]", not rises,
         " → ".join(f"{think[lam]:.1f}" for lam in dial) + " tokens" + (f"; rises at λ {rises}" if rises else "")))
 
-    free = [lam for lam in dial if 0 < lam < 1 and think[lam] <= 0.6 * think[0.0] and acc[lam] >= acc[0.0] - 1]
-    if free:
-        best = min(free, key=think.__getitem__)
-        detail = f"λ {best:g} thinks {100 * (1 - think[best] / think[0.0]):.1f}% less at {acc[best] - acc[0.0]:+.1f} points"
+    free = largest_free_cut(acc, think)
+    found = free is not None and free[1] >= 40
+    if found:
+        best = free[0]
+        detail = f"λ {best:g} thinks {free[1]:.1f}% less at {acc[best] - acc[0.0]:+.1f} points"
     else:
         cut = {lam: 100 * (1 - think[lam] / think[0.0]) for lam in dial if 0 < lam < 1}
         detail = "no λ in (0, 1) cuts ≥ 40% within 1 point; " + ", ".join(
             f"λ {lam:g}: −{c:.1f}% at {acc[lam] - acc[0.0]:+.1f}" for lam, c in cut.items())
-    checks.append(ShapeCheck("free region", bool(free), detail))
+    checks.append(ShapeCheck("free region", found, detail))
 
     drop = acc[0.0] - acc[1.0]
     hard, easy = lacc[(0.0, last)] - lacc[(1.0, last)], lacc[(0.0, first)] - lacc[(1.0, first)]
