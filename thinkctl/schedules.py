@@ -47,8 +47,17 @@ def soft_budget_lambda(
     and 0.7 leave 30% of B, about the tiny default's fast floor of ~15 tokens at B = 50) before the
     hard cap at B, the backstop, acts. A linear ramp also keeps λ at any step a formula one can state.
     """
-    progress = ((_real(count) / budget - start) / (end - start)).clamp(0.0, 1.0)
-    return lam + (fast - lam) * progress
+    return lam + (fast - lam) * ramp_progress(count, budget, start, end - start)
+
+
+def ramp_progress(count: torch.Tensor, budget: Real, start: Real, span: Real) -> torch.Tensor:
+    """The soft budget's progress clip((t/B − start)/span, 0, 1), span = end − start.
+
+    Split out with the span as an argument so that an engine holding per-row settings as float32
+    tensors can pass the span computed in double on the host, as Python computes ``end - start``
+    for the transformers backend: both then round the same numbers and agree bit for bit.
+    """
+    return ((_real(count) / budget - start) / span).clamp(0.0, 1.0)
 
 
 def target_lambda(count: torch.Tensor, target: Real, lam: Real, fast: Real, tolerance: Real) -> torch.Tensor:
@@ -63,8 +72,14 @@ def target_lambda(count: torch.Tensor, target: Real, lam: Real, fast: Real, tole
     side, a row that would close early, is held back by the floor at (1 − tol)·N
     (:attr:`thinkctl.sampling.SamplingConfig.thinking_floor`).
     """
-    lateness = (_real(count) / target - (1.0 - tolerance)).clamp(min=0.0)
-    return lam + (fast - lam) * (lateness / (2.0 * tolerance)).clamp(max=1.0)
+    return lam + (fast - lam) * target_gain(count, target, 1.0 - tolerance, 2.0 * tolerance)
+
+
+def target_gain(count: torch.Tensor, target: Real, onset: Real, width: Real) -> torch.Tensor:
+    """Target mode's share of the way to λ_f: clip(max(t/N − onset, 0)/width, ·, 1), onset = 1 − tol,
+    width = 2·tol (passed in for the reason :func:`ramp_progress` gives)."""
+    lateness = (_real(count) / target - onset).clamp(min=0.0)
+    return (lateness / width).clamp(max=1.0)
 
 
 #: the last fraction of the budget over which the ``</think>`` bias ramps (vLLM PR #45727)
@@ -77,7 +92,13 @@ def bias_ramp(count: torch.Tensor, budget: Real, window: float = BIAS_WINDOW, st
     """The ``</think>`` bias ramp r(t) ∈ [0, 1]: 0 before the last ``window`` of the budget, then a
     sigmoid over it, rescaled to run from exactly 0 at (1 − window)·B to exactly 1 at B:
     r = (σ(k(u − ½)) − σ(−k/2)) / (σ(k/2) − σ(−k/2)), u = (t − (1 − window)·B)/(window·B)."""
-    u = ((_real(count) - (1.0 - window) * budget) / (window * budget)).clamp(0.0, 1.0)
+    return bias_ramp_between(count, (1.0 - window) * budget, window * budget, steepness)
+
+
+def bias_ramp_between(count: torch.Tensor, begin: Real, length: Real, steepness: float = BIAS_STEEPNESS) -> torch.Tensor:
+    """:func:`bias_ramp` over [begin, begin + length] tokens (begin = (1 − window)·B, length = window·B,
+    passed in for the reason :func:`ramp_progress` gives)."""
+    u = ((_real(count) - begin) / length).clamp(0.0, 1.0)
     lo, hi = 1.0 / (1.0 + math.exp(steepness / 2)), 1.0 / (1.0 + math.exp(-steepness / 2))
     return (torch.sigmoid(steepness * (u - 0.5)) - lo) / (hi - lo)
 
@@ -88,18 +109,28 @@ def biased_close_logit(close: torch.Tensor, top: torch.Tensor, ramp: torch.Tenso
     return torch.maximum(close, close + ramp * ((top - margin) - close))
 
 
+def schedule_constants(budget: float, ramp_start: float, ramp_end: float, tolerance: float,
+                       window: float = BIAS_WINDOW) -> dict[str, float]:
+    """The numbers the formulas derive from a schedule's settings, computed in double exactly as the
+    scalar formulas compute them: the per-row form of :func:`soft_budget_lambda`, :func:`target_lambda`
+    and :func:`bias_ramp` (:func:`scheduled_lambda`, :func:`bias_ramp_between`) takes these."""
+    return {"ramp_span": ramp_end - ramp_start, "target_onset": 1.0 - tolerance, "target_width": 2.0 * tolerance,
+            "bias_begin": (1.0 - window) * budget, "bias_length": window * budget}
+
+
 def scheduled_lambda(
     code: torch.Tensor, count: torch.Tensor, base: torch.Tensor, budget: Real, fast: Real,
-    ramp_start: Real, ramp_end: Real, tolerance: Real,
+    ramp_start: Real, ramp_span: Real, target_onset: Real, target_width: Real,
 ) -> torch.Tensor:
     """λ per row for rows of mixed controls (:data:`CONTROL_CODES`): the soft-budget formula on soft
     rows, the target formula on target rows, ``base`` (the request's λ) on every other row.
 
-    ``budget`` is B for soft rows and N for target rows; rows without a schedule need a nonzero one
-    only so that the formulas they do not use stay finite.
+    ``budget`` is B for soft rows and N for target rows; rows without a schedule need nonzero
+    ``budget``, ``ramp_span`` and ``target_width`` only so that the formulas they do not use stay
+    finite. The derived settings are :func:`schedule_constants`'.
     """
-    soft = soft_budget_lambda(count, budget, base, fast, ramp_start, ramp_end)
-    target = target_lambda(count, budget, base, fast, tolerance)
+    soft = base + (fast - base) * ramp_progress(count, budget, ramp_start, ramp_span)
+    target = base + (fast - base) * target_gain(count, budget, target_onset, target_width)
     return torch.where(code == CONTROL_CODES["soft"], soft, torch.where(code == CONTROL_CODES["target"], target, base))
 
 
