@@ -8,7 +8,7 @@ One server on a free loopback port (``--api-key`` set), started once. Two loads 
 concurrency, each a bounded number of requests under a time limit, over the same prompts and
 ``max_tokens``, are run ``--rounds`` times alternately: *fixed* (every request at one explicit λ) and
 *mixed* (explicit λ, ``reasoning_effort`` levels, ``auto``/no λ routed by the policy, thinking
-budgets, completions and chat, and about 10% invalid requests). Checked, and reported as failures:
+budgets, soft budgets and targets, completions and chat, and about 10% invalid requests). Checked, and reported as failures:
 every valid request answered (200, with the λ used in ``x-thinkctl-lambda``), every invalid one a
 400, a request without the key a 401, the server never restarted (same processes throughout), and
 after SIGTERM to ``thinkctl serve`` no process of its tree remains and the port is free. Printed:
@@ -90,7 +90,7 @@ def synthetic_policy(questions: list[str], path: Path) -> Path:
 
 
 def mixed_requests(n: int, questions: list[str], prompts: list[str], max_tokens: int, seed: int) -> list[Request]:
-    """``n`` requests: explicit λ, effort, auto, budgets, chat, and ~10% invalid ones, shuffled."""
+    """``n`` requests: explicit λ, effort, auto, budgets, soft budgets, targets, chat, and ~10% invalid ones, shuffled."""
     rng = random.Random(seed)
     out: list[Request] = []
     for i in range(n):
@@ -99,9 +99,10 @@ def mixed_requests(n: int, questions: list[str], prompts: list[str], max_tokens:
         completion = dict(base, prompt=prompts[j])
         chat = dict(base, messages=[{"role": "user", "content": questions[j]}])
         kind = i % 10
-        if kind == 0:  # invalid, four ways
+        if kind == 0:  # invalid, six ways
             bad = [("reasoning_effort", "extreme"), ("thinking_token_budget", -3), ("thinking_token_budget", 2.5),
-                   ("vllm_xargs", {"thinkctl_lambda": "fast"})][(i // 10) % 4]
+                   ("vllm_xargs", {"thinkctl_lambda": "fast"}), ("thinking_control", "gentle"),
+                   ("thinking_target", 40)][(i // 10) % 6]
             out.append(Request("/v1/completions", dict(completion, **{bad[0]: bad[1]}), False, f"invalid {bad[0]}"))
         elif kind in (1, 2):
             lam = rng.choice([0.0, 0.25, 0.5, 1.0, 1.5])
@@ -111,9 +112,15 @@ def mixed_requests(n: int, questions: list[str], prompts: list[str], max_tokens:
         elif kind in (5, 6):
             auto = completion if kind == 5 else dict(completion, vllm_xargs={"thinkctl_lambda": "auto"})
             out.append(Request("/v1/completions", auto, True, "auto"))
+        elif kind == 7 and (i // 10) % 2:
+            out.append(Request("/v1/completions", dict(completion, thinking_control="soft", thinking_token_budget=rng.choice([16, 32, 64]),
+                                                       vllm_xargs={"thinkctl_lambda": rng.choice([0.0, 0.5])}), True, "soft budget"))
         elif kind == 7:
             out.append(Request("/v1/completions", dict(completion, thinking_token_budget=rng.choice([8, 32, 64]),
                                                        vllm_xargs={"thinkctl_lambda": rng.choice([0.0, 0.5])}), True, "budget + λ"))
+        elif kind == 9 and (i // 10) % 2:
+            out.append(Request("/v1/completions", dict(completion, thinking_control="target", thinking_target=rng.choice([16, 32])),
+                               True, "target"))
         elif kind == 8:
             out.append(Request("/v1/chat/completions", dict(chat, reasoning_effort="high", thinking_token_budget=16), True, "budget + effort"))
         else:

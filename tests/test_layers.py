@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1] / "thinkctl"
 #: bottom to top; names in one layer may not import each other (each is its own package)
 LAYERS: list[set[str]] = [
     {"errors", "thinking", "stats"},
-    {"answers", "batch", "fusion", "io", "models"},
+    {"answers", "batch", "fusion", "io", "models", "schedules"},
     {"config", "runs", "cards"},
     {"sampling", "prompts", "losses", "effort", "vllm_plugin"},
     {"decoding", "data"},

@@ -362,3 +362,64 @@ def test_stop_signal_ends_the_whole_process_tree(tmp_path):
     assert group_members(server) == []
     for pid in (server, stubborn):  # gone, or a zombie waiting for init to reap it
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+# ---------------------------------------------------------------- thinking controls in requests
+
+
+def test_schedule_fields_become_the_engines_schedule_with_lambda_source_schedule(think_model, policy):
+    from thinkctl.vllm_plugin import SCHEDULE_KEY
+
+    c = controls(think_model)
+    body = {"prompt": "1 + 2 = <think>", "thinking_control": "soft", "thinking_token_budget": 40, "vllm_xargs": {LAMBDA_KEY: 0.0}}
+    d = c.decide(body, chat=False)
+    assert (d.lam, d.source, d.control) == (0.0, "schedule", "soft") and d.headers()[1] == (SOURCE_HEADER.encode(), b"schedule")
+    sched = body["vllm_xargs"][SCHEDULE_KEY]
+    assert sched["control"] == "soft" and sched["budget"] == 40 and sched["cap"] == 40
+    assert sched["fast_lambda"] == TABLE["low"], "fast_lambda defaults to the effort table's low"
+    assert "thinking_token_budget" not in body and "thinking_control" not in body, "the schedule's cap replaces vLLM's budget"
+    assert d.summary()["thinking_control"] == "soft"
+    body = {"prompt": "1 =", "thinking_control": "bias", "thinking_token_budget": 10, "fast_lambda": 1.5}
+    assert c.decide(body, chat=False).source == "schedule" and body["vllm_xargs"][SCHEDULE_KEY]["fast_lambda"] == 1.5
+    body = {"prompt": "1 =", "thinking_control": "hard", "thinking_token_budget": 10}
+    assert c.decide(body, chat=False).source == "default" and body["thinking_token_budget"] == 10
+
+
+def test_target_mode_starts_where_the_router_predicts_the_target_length(think_model, policy):
+    """The synthetic router predicts 100 thinking tokens at λ = 0 and 30 at λ = 1 on every question:
+    a target of 65 starts at λ = 0.5, one beyond the predicted range at the nearest end."""
+    from thinkctl.router import Router
+    from thinkctl.vllm_plugin import SCHEDULE_KEY
+
+    router = Router.load(policy)
+    assert router.lambda_for_length(65, "1 + 2") == 0.5 and router.lambda_for_length(500, "1 + 2") == 0.0
+    assert router.lambda_for_length(30, "1 + 2 + 3 + 4 + 5") == 1.0
+    c = controls(think_model, policy)
+    body = {"prompt": "1 + 2 = <think>", "thinking_control": "target", "thinking_target": 65}
+    d = c.decide(body, chat=False)
+    assert (d.lam, d.source) == (0.5, "schedule") and body["vllm_xargs"][LAMBDA_KEY] == 0.5
+    assert body["vllm_xargs"][SCHEDULE_KEY] == {"control": "target", "budget": 65, "floor": 55, "cap": 75, "fast_lambda": 1.0,
+                                               "ramp_start": 0.3, "ramp_end": 0.7, "target_tolerance": 0.15, "bias_margin": 0.25}
+    explicit = {"prompt": "1 =", "thinking_control": "target", "thinking_target": 65, "vllm_xargs": {LAMBDA_KEY: -0.5}}
+    assert c.decide(explicit, chat=False).lam == -0.5, "a λ the client chose is the start"
+
+
+@pytest.mark.parametrize("body, field, message", [
+    ({"thinking_control": "gentle", "thinking_token_budget": 5}, "thinking_control", "must be one of hard, soft, bias, target"),
+    ({"thinking_control": "soft"}, "thinking_token_budget", "acts against a budget"),
+    ({"thinking_control": "target"}, "thinking_target", "positive integer"),
+    ({"thinking_control": "target", "thinking_target": 0}, "thinking_target", "positive integer"),
+    ({"thinking_control": "soft", "thinking_token_budget": 5, "thinking_target": 3}, "thinking_target", "target control"),
+    ({"thinking_control": "soft", "thinking_token_budget": 5, "fast_lambda": "fast"}, "fast_lambda", "λ must be"),
+    ({"fast_lambda": 1.0}, "fast_lambda", "setting of thinking_control"),
+    ({"thinking_control": "hard"}, "thinking_token_budget", "budget alone"),
+])
+def test_invalid_schedule_fields_are_request_errors_naming_the_field(think_model, body, field, message):
+    with pytest.raises(RequestError, match=message) as info:
+        controls(think_model).decide(dict(body, prompt="1 ="), chat=False)
+    assert info.value.param == field
+
+
+def test_plain_servers_refuse_schedules(think_model):
+    with pytest.raises(RequestError, match="dual-stream"):
+        controls(think_model, dual=False).decide({"prompt": "1 =", "thinking_control": "soft", "thinking_token_budget": 5}, chat=False)

@@ -24,6 +24,9 @@ from vllm.exceptions import VLLMValidationError
 
 from tests.conftest_vllm import (
     TAIL_PROMPTS,
+    THINK_CLOSE,
+    THINK_OPEN,
+    THINK_PROMPTS,
     budget_runs,
     check_budgets,
     hf_inra_greedy,
@@ -34,8 +37,8 @@ from tests.conftest_vllm import (
 from thinkctl.errors import ConfigError, InvalidLambdaError
 from thinkctl.rollout import make_backend
 from thinkctl.rollout.hf import HFBackend
-from thinkctl.sampling import SamplingConfig
-from thinkctl.vllm_plugin import LAMBDA_KEY
+from thinkctl.sampling import SamplingConfig, ScheduleConfig
+from thinkctl.vllm_plugin import LAMBDA_KEY, SCHEDULE_KEY
 
 pytestmark = pytest.mark.vllm
 
@@ -53,6 +56,19 @@ def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     aligned = save_random_model(root / "aligned", seed=1)
     inra = write_inra_checkpoint(base, root / "inra", perturb=0.2, default_lambda=1.0)
     return {"base": base, "aligned": aligned, "inra": inra, "eos": 0}
+
+
+#: one run per control, every row at its own λ, prompts that open the think block
+SCHEDULE_LAMBDAS = [0.0, 0.5, -0.5, 1.0]
+SCHEDULES = {
+    "soft": SamplingConfig(max_new_tokens=24, max_thinking_tokens=8, schedule=ScheduleConfig(control="soft", fast_lambda=1.5)),
+    "bias": SamplingConfig(max_new_tokens=24, max_thinking_tokens=8, schedule=ScheduleConfig(control="bias", bias_margin=-3.0)),
+    "target": SamplingConfig(max_new_tokens=24, schedule=ScheduleConfig(control="target", thinking_target=6, fast_lambda=1.5)),
+}
+
+
+def schedule_runs(backend) -> dict:
+    return {name: backend.generate(THINK_PROMPTS, SCHEDULE_LAMBDAS, sampling) for name, sampling in SCHEDULES.items()}
 
 
 def _ids(completions) -> list[list[int]]:
@@ -143,6 +159,152 @@ def test_lambda_processor_v2_interface_maps_logits_rows_through_request_slots():
     validate = build_custom_logits_processors_params_validator([PROCESSOR_FQCN])
     with pytest.raises(VLLMValidationError, match=LAMBDA_KEY):
         validate(vllm.SamplingParams(extra_args={LAMBDA_KEY: "0.5"}))
+
+
+# ---------------------------------------------------------------- λ schedules in the λ processor
+
+SOFT = {"control": "soft", "budget": 10}
+TARGET = {"control": "target", "budget": 8, "fast_lambda": 1.5}
+
+
+def _schedule_config(instance_id: str, section: dict) -> object:
+    from types import SimpleNamespace
+
+    from thinkctl.vllm_plugin import PROCESSOR_FQCN
+
+    return SimpleNamespace(
+        instance_id=instance_id, scheduler_config=SimpleNamespace(max_num_seqs=8),
+        reasoning_config=SimpleNamespace(reasoning_start_token_ids=[THINK_OPEN], reasoning_end_token_ids=[THINK_CLOSE]),
+        model_config=SimpleNamespace(hf_config=SimpleNamespace(**section), logits_processors=[PROCESSOR_FQCN]),
+    )
+
+
+def _expected(spec: dict, lam: float, count: int) -> float:
+    """The transformers backend's formula (thinkctl.decoding.LambdaSchedule) at ``count`` thinking tokens."""
+    from thinkctl.decoding import LambdaSchedule
+    from thinkctl.sampling import ScheduleConfig
+
+    config = ScheduleConfig(control=spec["control"], fast_lambda=spec.get("fast_lambda"),
+                            thinking_target=spec["budget"] if spec["control"] == "target" else None)
+    return LambdaSchedule(config, spec["budget"], torch.tensor([lam])).lambdas(torch.tensor([count])).item()
+
+
+def test_v1_processor_moves_each_rows_lambda_with_its_thinking_count_through_moves_and_removals():
+    """V1 (the CPU runner): the count follows each request's output list, rows keep their schedule
+    through removals, moves and swaps, and λ per row is the transformers formula of its own count."""
+    from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+
+    from thinkctl.vllm_plugin.lam import ThinkctlLambdaProcessor
+
+    proc = ThinkctlLambdaProcessor(_schedule_config("sched-v1", {"inra": {"default_lambda": 0.0}}), None, False)
+    table = proc.table
+    outs = [[], [], []]
+    params = [vllm.SamplingParams(extra_args={LAMBDA_KEY: 0.25, SCHEDULE_KEY: SOFT}), vllm.SamplingParams(extra_args={LAMBDA_KEY: 0.5}),
+              vllm.SamplingParams(extra_args={LAMBDA_KEY: 0.0, SCHEDULE_KEY: TARGET})]
+    prompts = [[5, THINK_OPEN], [5], [5]]  # rows 0 opens its block in the prompt, row 2 opens it in its output
+    proc.update_state(BatchUpdate(batch_size=3, removed=[], added=[(i, p, prompts[i], outs[i]) for i, p in enumerate(params)], moved=[]))
+    outs[2].append(THINK_OPEN)
+    for _ in range(7):
+        for o in outs:
+            o.append(7)
+        proc.update_state(None)
+    assert table.rows(3).tolist() == [_expected(SOFT, 0.25, 7), 0.5, _expected(TARGET, 0.0, 7)]
+    assert table.rows(3)[0] > 0.25 and table.rows(3)[2] > 0.0, "both schedules have moved λ by now"
+    # row 1 leaves, row 2 moves into its place, then the two rows swap
+    proc.update_state(BatchUpdate(batch_size=2, removed=[1], added=[], moved=[(2, 1, MoveDirectionality.UNIDIRECTIONAL)]))
+    proc.update_state(BatchUpdate(batch_size=2, removed=[], added=[], moved=[(0, 1, MoveDirectionality.SWAP)]))
+    for o in (outs[0], outs[2]):
+        o.append(7)
+    proc.update_state(None)
+    assert table.rows(2).tolist() == [_expected(TARGET, 0.0, 8), _expected(SOFT, 0.25, 8)]
+    outs[0].extend([THINK_CLOSE, 7, 7])  # the soft row closes its block: its λ stays where thinking ended
+    proc.update_state(None)
+    assert table.rows(2).tolist() == [_expected(TARGET, 0.0, 8), _expected(SOFT, 0.25, 8)]
+    logits = torch.zeros(2, 6)
+    assert table.constrain(logits).isfinite().all(), "no row below its floor, no bias row: nothing held back"
+
+
+def test_v2_processor_counts_on_the_device_per_slot_and_maps_rows_after_reordering():
+    """V2 (every GPU): a new request's slot is scanned once over the committed tokens (a preempted
+    request resumes with its count), every step advances each slot by its newest token, and the
+    rows of compute_logits get their slot's λ whatever their order; the floor and the bias act per row."""
+    from types import SimpleNamespace
+
+    from vllm.v1.worker.gpu.sample.logits_processor import build_custom_logits_processors
+
+    from thinkctl.vllm_plugin import PROCESSOR_FQCN
+    from thinkctl.vllm_plugin.runner_v2 import LambdaModelState
+
+    config = _schedule_config("sched-v2", {"thinkctl_fusion": {"default_lambda": 0.0}})
+    tokens = torch.zeros(8, 32, dtype=torch.int32)
+    prompt_len, total_len = torch.zeros(8, dtype=torch.int32), torch.zeros(8, dtype=torch.int32)
+    buf = lambda t: SimpleNamespace(gpu=t)  # noqa: E731
+    req_states = SimpleNamespace(device=torch.device("cpu"), max_num_reqs=8, vocab_size=6, all_token_ids=buf(tokens),
+                                 prompt_len=buf(prompt_len), prefill_len=None, total_len=buf(total_len))
+    [proc] = build_custom_logits_processors(config, req_states, False, [PROCESSOR_FQCN])
+    table = proc.table
+    state = LambdaModelState.__new__(LambdaModelState)
+    state.model, state.rope_state = SimpleNamespace(lambdas=table), None
+
+    def commit(slot: int, *ids: int) -> None:
+        n = int(total_len[slot])
+        tokens[slot, n : n + len(ids)] = torch.tensor(ids, dtype=torch.int32)
+        total_len[slot] = n + len(ids)
+
+    # slot 5: a fresh soft request whose prompt opens the block; slot 2: a target request resumed after a
+    # preemption with 4 thinking tokens already in its output; slot 0: a fixed λ; slot 3: the bias ramp
+    for slot, prompt, spec, lam in ((5, [4, THINK_OPEN], SOFT, 0.25), (2, [4, THINK_OPEN], TARGET, 0.0), (0, [4], None, 0.5),
+                                    (3, [4, THINK_OPEN], {"control": "bias", "budget": 10, "bias_margin": 0.0}, 0.0)):
+        commit(slot, *prompt)
+        prompt_len[slot] = len(prompt)
+        extra = {LAMBDA_KEY: lam} | ({SCHEDULE_KEY: spec} if spec else {})
+        proc.add_request(slot, vllm.SamplingParams(extra_args=extra, stop_token_ids=[0]))
+    commit(2, 7, THINK_OPEN, 7, 7, 7)  # a stray <think> inside the block is not counted
+    proc.apply_staged_writes()
+    rows = torch.tensor([2, 0, 5, 3])
+    state.prepare_inputs(SimpleNamespace(expanded_idx_mapping=rows), None)
+    assert table.rows(4).tolist() == [_expected(TARGET, 0.0, 4), 0.5, 0.25, 0.0]
+    for _ in range(8):
+        for slot in (5, 2, 0, 3):
+            commit(slot, 7)
+        proc.apply_staged_writes()
+    rows = torch.tensor([3, 5, 0, 2])  # another order this step
+    state.prepare_inputs(SimpleNamespace(expanded_idx_mapping=rows), None)
+    assert table.rows(4).tolist() == [0.0, _expected(SOFT, 0.25, 8), 0.5, _expected(TARGET, 0.0, 12)]
+    logits = torch.randn(4, 6)
+    logits[:, 1] = 5.0  # the top logit
+    out = table.constrain(logits.clone())
+    assert out[0, THINK_CLOSE] > logits[0, THINK_CLOSE], "bias row at 8 of 10: </think> pulled towards the top"
+    assert torch.equal(out[1:3], logits[1:3]), "rows between floor and cap and without a bias are left alone"
+    assert out[3, THINK_CLOSE] == 0 and (out[3].isinf().sum() == 5), "the target row is at its cap ⌈1.15·8⌉ = 10: </think> forced"
+    # slot 2 is recycled by a new target request (count 0, below its floor ⌊0.85·8⌋ = 6): </think> and EOS held back
+    tokens[2].zero_()
+    total_len[2] = 0
+    commit(2, 4, THINK_OPEN)
+    prompt_len[2] = 2
+    proc.add_request(2, vllm.SamplingParams(extra_args={LAMBDA_KEY: 0.0, SCHEDULE_KEY: TARGET}, stop_token_ids=[0]))
+    proc.apply_staged_writes()
+    state.prepare_inputs(SimpleNamespace(expanded_idx_mapping=torch.tensor([2])), None)
+    assert table.rows(1).tolist() == [0.0]
+    out = table.constrain(torch.zeros(1, 6))
+    assert out[0, THINK_CLOSE] == -math.inf and out[0, 0] == -math.inf and out[0, 1:3].isfinite().all()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"control": "soft"}, "budget is required"), ({"control": "hard", "budget": 5}, "control must be one of"),
+    ({"control": "soft", "budget": 0}, "budget must be an integer"), ({"control": "soft", "budget": 5, "ramp_end": 0.1}, "ramp_start"),
+    ({"control": "target", "budget": 5, "fast_lambda": "x"}, "λ"), ({"control": "soft", "budget": 5, "speed": 1}, "unknown"),
+    ("soft", "must be an object"),
+])
+def test_invalid_schedules_are_refused_at_admission_naming_the_key(spec, message):
+    from vllm.v1.worker.gpu.sample.logits_processor import build_custom_logits_processors_params_validator
+
+    from thinkctl.vllm_plugin import PROCESSOR_FQCN
+
+    validate = build_custom_logits_processors_params_validator([PROCESSOR_FQCN])
+    with pytest.raises(VLLMValidationError, match=SCHEDULE_KEY) as info:
+        validate(vllm.SamplingParams(extra_args={SCHEDULE_KEY: spec}))
+    assert message in str(info.value)
 
 
 @pytest.mark.parametrize("bad", ["0.5", math.nan, -math.inf, [1.0], None, True])
@@ -454,6 +616,7 @@ def inra(ckpts):
             backend.generate(PROMPTS[:1], math.nan, GREEDY)
         res["after_bad"] = backend.generate(PROMPTS[:2], [0.0, 1.0], GREEDY)
         res["budgets"] = budget_runs(backend, [0.0, 1.0, 0.5, 1.5])
+        res["schedules"] = schedule_runs(backend)
     finally:
         backend.close()
     return res
@@ -508,7 +671,8 @@ def pair(ckpts):
     """Two-model fusion in vLLM (FusedPairForCausalLM) at per-request λ, greedy."""
     backend = make_backend("vllm", str(ckpts["base"]), str(ckpts["aligned"]), dtype="float32", max_model_len=256)
     try:
-        return {"mixed": backend.generate(PROMPTS, MIXED, GREEDY), "budgets": budget_runs(backend, [1.0, 0.0, 0.5, -0.5])}
+        return {"mixed": backend.generate(PROMPTS, MIXED, GREEDY), "budgets": budget_runs(backend, [1.0, 0.0, 0.5, -0.5]),
+                "schedules": schedule_runs(backend)}
     finally:
         backend.close()
 
@@ -522,6 +686,30 @@ def test_fused_pair_matches_transformers_fused_decoding(ckpts, pair):
 
 def test_thinking_budget_closes_thinking_and_answers_fused_pair(pair, plain):
     check_budgets(pair["budgets"], plain["tokenizer"])
+
+
+def check_schedules_match(runs: dict, hf) -> None:
+    """vLLM and transformers give the same tokens, controls and final λ under every schedule."""
+    for name, sampling in SCHEDULES.items():
+        expected = hf.generate(THINK_PROMPTS, SCHEDULE_LAMBDAS, sampling)
+        assert _ids(runs[name]) == _ids(expected), name
+        for got, want in zip(runs[name], expected):
+            assert got.meta["control"] == want.meta["control"] == sampling.control
+            assert got.meta["final_lambda"] == pytest.approx(want.meta["final_lambda"], abs=1e-6), name
+            assert got.meta["thinking_budget"] == want.meta["thinking_budget"]
+    fixed = hf.generate(THINK_PROMPTS, SCHEDULE_LAMBDAS, SamplingConfig(max_new_tokens=24, max_thinking_tokens=8))
+    for name in SCHEDULES:
+        assert _ids(runs[name]) != _ids(fixed), f"the {name} schedule should change some response"
+
+
+def test_fused_pair_schedules_give_the_tokens_of_transformers(ckpts, pair):
+    check_schedules_match(pair["schedules"], HFBackend.from_paths(str(ckpts["base"]), str(ckpts["aligned"])))
+
+
+def test_inra_schedules_give_the_tokens_of_transformers(ckpts, inra):
+    from thinkctl.inra import make_inra_backend
+
+    check_schedules_match(inra["schedules"], make_inra_backend(ckpts["inra"]))
 
 
 @pytest.mark.slow

@@ -20,14 +20,14 @@ a floor below which ``</think>`` and end-of-text are held back).
 
 A :class:`LambdaSchedule` closes the loop: a row's λ (or its ``</think>`` logit) follows the row's
 thinking tokens so far and its budget or target, step by step, with λ as the actuator. The formulas
-are the pure functions :func:`soft_budget_lambda`, :func:`target_lambda` and :func:`bias_ramp` /
-:func:`biased_close_logit`; a row's λ freezes when its think block closes, so the answer is written
-at the λ thinking ended with. Both streams stay live while any row's λ may still change.
+are the pure functions of :mod:`thinkctl.schedules` (:func:`soft_budget_lambda`, :func:`target_lambda`,
+:func:`bias_ramp`, :func:`biased_close_logit`, the count's :func:`think_step`), which the vLLM plugin
+evaluates too; a row's λ freezes when its think block closes, so the answer is written at the λ
+thinking ended with. Both streams stay live while any row's λ may still change.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -38,6 +38,7 @@ from thinkctl.batch import positions
 from thinkctl.errors import ConfigError
 from thinkctl.fusion import fuse_logits, validate_lambda
 from thinkctl.sampling import SamplingConfig, ScheduleConfig
+from thinkctl.schedules import bias_ramp, biased_close_logit, soft_budget_lambda, target_lambda, think_step
 
 
 class LogitStream(Protocol):
@@ -59,72 +60,6 @@ class GenerationResult:
     finish_reasons: list[str]
     thinking_forced: list[bool] | None = None
     lambdas: list[list[float]] | None = None
-
-
-# ---------------------------------------------------------------- λ schedules: the formulas
-#
-# Each takes the thinking tokens so far ``count`` (a tensor, one value per row) and returns one value
-# per row; they are written in torch so decoding runs them on the device, and tested in float64.
-
-
-def _real(count: torch.Tensor) -> torch.Tensor:
-    """Token counts as floats: float64 counts stay float64 (the reference tests), integers become float32."""
-    return count if count.is_floating_point() else count.float()
-
-
-def soft_budget_lambda(
-    count: torch.Tensor, budget: float, lam: torch.Tensor | float, fast: float, start: float, end: float
-) -> torch.Tensor:
-    """Soft budget: λ(t) = λ₀ + (λ_f − λ₀)·clip((t/B − start)/(end − start), 0, 1).
-
-    The shape is a linear ramp with two plateaus, chosen for three reasons. Below ``start``·B the
-    request's λ is untouched, so a row that would end well inside its budget thinks exactly as it
-    would without one (a soft budget costs easy problems nothing). Between ``start``·B and ``end``·B
-    λ moves continuously, a few hundredths per token, so the model drifts into its fast style within
-    the step it is on instead of being cut mid-step (the failure of the hard cap). From ``end``·B to
-    B it thinks fully fast: that last (1 − end)·B is room for the fast style to wrap up (defaults 0.3
-    and 0.7 leave 30% of B, about the tiny default's fast floor of ~15 tokens at B = 50) before the
-    hard cap at B, the backstop, acts. A linear ramp also keeps λ at any step a formula one can state.
-    """
-    progress = ((_real(count) / budget - start) / (end - start)).clamp(0.0, 1.0)
-    return lam + (fast - lam) * progress
-
-
-def target_lambda(count: torch.Tensor, target: float, lam: torch.Tensor | float, fast: float, tolerance: float) -> torch.Tensor:
-    """Target mode: proportional feedback on the tokens so far against the plan of landing on N.
-
-    The start λ₀ is planned to end near N (from a calibrated length model), so a row still thinking
-    at (1 − tol)·N is on plan and one still thinking later runs late. The error is the relative
-    lateness e(t) = max(t/N − (1 − tol), 0) and the correction is proportional to it,
-    λ(t) = λ₀ + K·e(t) with gain K = (λ_f − λ₀)/(2·tol), saturating at λ_f: a row reaches its fast
-    style at (1 + tol)·N, where the hard cap forces ``</think>``. Before a row closes, "not closed
-    yet" is all decoding observes of it, which is why the correction acts on lateness; the other
-    side, a row that would close early, is held back by the floor at (1 − tol)·N
-    (:attr:`thinkctl.sampling.SamplingConfig.thinking_floor`).
-    """
-    lateness = (_real(count) / target - (1.0 - tolerance)).clamp(min=0.0)
-    return lam + (fast - lam) * (lateness / (2.0 * tolerance)).clamp(max=1.0)
-
-
-#: the last fraction of the budget over which the ``</think>`` bias ramps (vLLM PR #45727)
-BIAS_WINDOW = 0.3
-#: steepness of the bias ramp's sigmoid over its window
-BIAS_STEEPNESS = 10.0
-
-
-def bias_ramp(count: torch.Tensor, budget: float, window: float = BIAS_WINDOW, steepness: float = BIAS_STEEPNESS) -> torch.Tensor:
-    """The ``</think>`` bias ramp r(t) ∈ [0, 1]: 0 before the last ``window`` of the budget, then a
-    sigmoid over it, rescaled to run from exactly 0 at (1 − window)·B to exactly 1 at B:
-    r = (σ(k(u − ½)) − σ(−k/2)) / (σ(k/2) − σ(−k/2)), u = (t − (1 − window)·B)/(window·B)."""
-    u = ((_real(count) - (1.0 - window) * budget) / (window * budget)).clamp(0.0, 1.0)
-    lo, hi = 1.0 / (1.0 + math.exp(steepness / 2)), 1.0 / (1.0 + math.exp(-steepness / 2))
-    return (torch.sigmoid(steepness * (u - 0.5)) - lo) / (hi - lo)
-
-
-def biased_close_logit(close: torch.Tensor, top: torch.Tensor, ramp: torch.Tensor, margin: float) -> torch.Tensor:
-    """vLLM PR #45727's nudge: the ``</think>`` logit pulled a fraction ``ramp`` of the way to the
-    winning logit less ``margin``, never lowered: max(z_end, z_end + r·((z_top − margin) − z_end))."""
-    return torch.maximum(close, close + ramp * ((top - margin) - close))
 
 
 def lambda_for_length(curve: Mapping[float, float], tokens: float) -> float:
@@ -239,11 +174,8 @@ class ThinkingControl:
 
     def advance(self, tokens: torch.Tensor) -> torch.Tensor:
         """Account for the tokens just chosen; returns which rows had ``</think>`` forced this step."""
-        closing = self.inside & (tokens == self.close_id)
-        opening = ~self.inside & ~self.closed & (tokens == self.open_id)
-        self.count += (self.inside & ~closing & (tokens != self.open_id)).long()
-        self.inside = (self.inside & ~closing) | opening
-        self.closed |= closing
+        self.inside, self.closed, self.count, _ = think_step(self.inside, self.closed, self.count, tokens,
+                                                             (self.open_id, self.close_id))
         return self.at_budget
 
     def select(self, keep: torch.Tensor) -> None:

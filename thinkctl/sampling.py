@@ -15,16 +15,13 @@ from dataclasses import dataclass
 
 from thinkctl.config import group, lambda_option, option
 from thinkctl.errors import ConfigError
+from thinkctl.schedules import CONTROLS, SCHEDULE_DEFAULTS
 
-#: the controls that act while a model thinks (``hard``: the budget alone; see :class:`ScheduleConfig`)
-CONTROLS = ("hard", "soft", "bias", "target")
-#: the documented defaults of :class:`ScheduleConfig`'s fields left at None
-SCHEDULE_DEFAULTS = {"fast_lambda": 1.0, "ramp_start": 0.3, "ramp_end": 0.7, "bias_margin": 0.25, "target_tolerance": 0.15}
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """A control that acts while the model thinks, on top of the budget (:mod:`thinkctl.decoding` has the formulas).
+    """A control that acts while the model thinks, on top of the budget (:mod:`thinkctl.schedules` has the formulas).
 
     * ``hard``: the thinking budget ``max_thinking_tokens`` alone (``</think>`` forced at B);
     * ``soft``: λ ramps from the request's λ towards ``fast_lambda`` between ``ramp_start``·B and

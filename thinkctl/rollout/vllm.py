@@ -19,6 +19,11 @@ ends ``<think>\n``), so each request's vLLM budget is B plus that tail
 (which names the ``<think>`` markers) whenever the tokenizer has them as single tokens; completions
 record ``thinking_budget`` (B) and ``thinking_forced`` (vLLM forced the first ``</think>``) in ``meta``.
 
+Controls (soft budget, ``</think>`` bias ramp, target) run in the dual-stream models: each request's
+schedule travels in ``extra_args`` (:func:`schedule_extra_args`) and the λ processor evaluates it per
+row and step (:mod:`thinkctl.vllm_plugin.schedule`), cap and floor included; ``meta`` records the
+control and the final λ as the transformers backend does (:func:`replay_schedule`).
+
 Dual-stream models: the pair's configs and tokenizers are checked by
 :func:`thinkctl.vllm_plugin.fused.write_pair_dir`; a pair engine runs with vLLM's AOT compile cache
 off (:func:`thinkctl.vllm_plugin.fused.check_compile_cache` says why).
@@ -37,6 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.asyncio import tqdm_asyncio
 
 from thinkctl.errors import ConfigError, ModelLoadError
@@ -44,7 +50,8 @@ from thinkctl.thinking import budget_forced, engine_thinking_budget, prompt_thin
 from thinkctl.models import load_tokenizer
 from thinkctl.rollout.base import Completion, RolloutBackend, broadcast_lambdas, prompt_seeds, register_engine
 from thinkctl.sampling import SamplingConfig
-from thinkctl.vllm_plugin import LAMBDA_KEY, PROCESSOR_FQCN, REASONING_PARSER, ensure_registered
+from thinkctl.schedules import CONTROL_CODES, schedule_constants, scheduled_lambda, think_step
+from thinkctl.vllm_plugin import LAMBDA_KEY, PROCESSOR_FQCN, REASONING_PARSER, SCHEDULE_KEY, ensure_registered
 
 try:
     import vllm
@@ -97,6 +104,49 @@ def engine_environment(env: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def schedule_extra_args(sampling: SamplingConfig) -> dict[str, Any]:
+    """``extra_args`` asking the λ processor for ``sampling``'s λ schedule (empty for the hard cap or no control).
+
+    Every setting is sent resolved (:meth:`thinkctl.sampling.ScheduleConfig.value`), with the floor
+    :attr:`thinkctl.sampling.SamplingConfig.thinking_floor`, so the engine runs what the transformers
+    backend runs, cap included (the schedule forces ``</think>`` by its own count, see
+    :func:`thinkctl.vllm_plugin.schedule.parse_schedule`; such requests get no ``thinking_token_budget``).
+    """
+    s = sampling.schedule
+    if s.control in (None, "hard"):
+        return {}
+    budget = s.thinking_target if s.control == "target" else sampling.max_thinking_tokens
+    settings = {name: s.value(name) for name in ("fast_lambda", "ramp_start", "ramp_end", "target_tolerance", "bias_margin")}
+    return {SCHEDULE_KEY: {"control": s.control, "budget": budget, "floor": sampling.thinking_floor or 0,
+                           "cap": sampling.thinking_cap or 0, **settings}}
+
+
+def replay_schedule(ids: Sequence[int], opened: bool, lam: float, sampling: SamplingConfig,
+                    markers: tuple[int, int]) -> tuple[float, bool]:
+    """``(final λ, forced)`` of a response decoded under ``sampling``'s λ schedule, replayed from its tokens.
+
+    vLLM returns no λ per token, so the count is replayed with the engine's own step
+    (:func:`thinkctl.schedules.think_step`): the final λ is the formula at the count before the last
+    token (what the transformers backend records as ``final_lambda``), and ``forced`` says whether the
+    count reached the cap inside the block, where the schedule forces ``</think>``.
+    """
+    s = sampling.schedule
+    cap = sampling.thinking_cap
+    inside, closed, count = torch.tensor([opened]), torch.tensor([False]), torch.tensor([0])
+    forced = False
+    for token in ids[:-1]:
+        forced |= bool(inside) and cap is not None and int(count) >= cap
+        inside, closed, count, _ = think_step(inside, closed, count, torch.tensor([token]), markers)
+    forced |= bool(inside) and cap is not None and int(count) >= cap and bool(ids)
+    if s.control == "bias":
+        return lam, forced
+    budget = float(s.thinking_target if s.control == "target" else sampling.max_thinking_tokens)
+    derived = schedule_constants(budget, s.value("ramp_start"), s.value("ramp_end"), s.value("target_tolerance"))
+    value = scheduled_lambda(torch.tensor([CONTROL_CODES[s.control]]), count, torch.tensor([lam]), budget, s.value("fast_lambda"),
+                             s.value("ramp_start"), derived["ramp_span"], derived["target_onset"], derived["target_width"])
+    return float(value[0]), forced
 
 
 def engine_defaults() -> dict[str, Any]:
@@ -153,21 +203,23 @@ class VLLMBackend(RolloutBackend):
             self.llm = DataParallelLLM(engine_args) if kwargs.get("data_parallel_size", 1) > 1 else vllm.LLM(**engine_args)
 
     def thinking_budget(self, sampling: SamplingConfig) -> int | None:
-        """The sampling config's ``max_thinking_tokens``, checked against what this engine can enforce.
+        """The sampling config's thinking cap (``max_thinking_tokens``, target mode's (1 + tol)·N), checked
+        against what this engine can enforce.
 
-        vLLM has a budget but no floor: a ``min_thinking_tokens`` is refused rather than ignored.
+        vLLM has a budget but no floor: a ``min_thinking_tokens`` is refused rather than ignored (target
+        mode's floor is the λ schedule's, see :mod:`thinkctl.vllm_plugin.schedule`).
         """
         if sampling.min_thinking_tokens is not None:
             raise ConfigError("min_thinking_tokens is not supported by the vLLM engine (vLLM has no thinking floor); use --engine hf")
-        if sampling.control not in (None, "hard"):
-            raise ConfigError(f"control {sampling.control!r} (a λ schedule during decoding) runs on the transformers engine "
-                              "only for now; use --engine hf")
-        budget = sampling.max_thinking_tokens
+        if sampling.control not in (None, "hard") and not self.dual_stream:
+            raise ConfigError(f"control {sampling.control!r} (a λ schedule during decoding) runs in thinkctl's dual-stream "
+                              "vLLM models (a reference/aligned pair or an InRa checkpoint); for a plain model use --engine hf")
+        budget = sampling.thinking_cap
         if budget is None:
             return None
         if not self.thinking:
             raise ConfigError(
-                "a thinking budget needs <think> and </think> as single tokens of the tokenizer, and this one has not"
+                "a thinking budget or control needs <think> and </think> as single tokens of the tokenizer, and this one has not"
             )
         return budget
 
@@ -187,7 +239,7 @@ class VLLMBackend(RolloutBackend):
             max_tokens=sampling.max_new_tokens,
             stop_token_ids=self.stop_token_ids,
             detokenize=False,
-            extra_args={LAMBDA_KEY: lam} if self.dual_stream else None,
+            extra_args=({LAMBDA_KEY: lam, **schedule_extra_args(sampling)}) if self.dual_stream else None,
             thinking_token_budget=engine_budget,
         )
 
@@ -202,7 +254,8 @@ class VLLMBackend(RolloutBackend):
         budget = self.thinking_budget(sampling)
         encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         tails = [prompt_thinking_tail(ids, *self.think_ids) if budget is not None else None for ids in encoded]
-        engine_budgets = [None if budget is None else engine_thinking_budget(budget, t) for t in tails]
+        scheduled = sampling.control not in (None, "hard")
+        engine_budgets = [None if budget is None or scheduled else engine_thinking_budget(budget, t) for t in tails]
         row_seeds = prompt_seeds(sampling, seeds, len(prompts)) or [None] * len(prompts)
         params = [self.sampling_params(x, sampling, seed, b) for x, seed, b in zip(lams, row_seeds, engine_budgets)]
         inputs = [{"prompt_token_ids": ids} for ids in encoded]
@@ -212,9 +265,16 @@ class VLLMBackend(RolloutBackend):
             gen = out.outputs[0]
             ids = list(gen.token_ids)
             meta: dict[str, Any] = {"engine": "vllm"}
-            if budget is not None:
+            final, forced = x, False
+            if scheduled:
+                final, forced = replay_schedule(ids, tail is not None, x, sampling, self.think_ids)
+            elif budget is not None:
                 forced = budget_forced(ids, engine_budget, tail, *self.think_ids)
-                meta.update(thinking_budget=budget, thinking_forced=forced)
+            if budget is not None:
+                meta.update(thinking_budget=sampling.max_thinking_tokens, thinking_forced=forced)
+            if sampling.control is not None:
+                meta.update(control=sampling.control, final_lambda=final,
+                            thinking_budget=sampling.schedule.thinking_target or sampling.max_thinking_tokens)
             completions.append(
                 Completion(
                     text=self.tokenizer.decode(ids, skip_special_tokens=True),

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from thinkctl.decoding import lambda_for_length
 from thinkctl.errors import ConfigError, DataFormatError
 from thinkctl.fusion import validate_lambda_grid
 from thinkctl.io import atomic_write_text
@@ -346,6 +347,18 @@ class Router:
     def route(self, question: str | None = None, *, level: int | None = None, **signals: float | None) -> float:
         """The λ for one query from its text, its difficulty level and any model signal (e.g. ``entropy``)."""
         return self.route_features([query_features(question, level, **signals)])[0]
+
+    def lambda_for_length(self, target: float, question: str | None = None, *, level: int | None = None,
+                          **signals: float | None) -> float:
+        """The λ whose predicted thinking for this query is ``target`` tokens, interpolated on the grid.
+
+        Target mode's start λ (:class:`thinkctl.sampling.ScheduleConfig`): the router's per-λ length
+        estimate for *this* prompt is a closer plan than the effort table's mean over a benchmark; a
+        target outside the predicted range gets the grid end nearest to it
+        (:func:`thinkctl.decoding.lambda_for_length`).
+        """
+        _, tokens = self.predict([query_features(question, level, **signals)])
+        return round(lambda_for_length(dict(zip(self.lambdas, tokens[0].tolist())), target), 4)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": POLICY_FORMAT, "version": POLICY_VERSION, "lambdas": self.lambdas,

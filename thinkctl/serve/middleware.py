@@ -20,6 +20,15 @@ ends ``<think>\n``), so the middleware passes vLLM B plus that tail: the chat te
 prompt for chat, the prompt's own tokens for completions (prompts with different tails in one
 request are refused: one budget cannot fit them all).
 
+Thinking controls: ``thinking_control`` ``"soft"`` (λ ramps towards ``fast_lambda`` as thinking nears
+``thinking_token_budget``), ``"bias"`` (the ``</think>`` bias ramp over the budget's last 30%) or
+``"target"`` (land near ``thinking_target`` thinking tokens), ``"hard"`` being the budget alone.
+``fast_lambda`` defaults to the effort table's ``low`` (else 1.0); target mode starts, unless the
+request chose a λ or an effort level, at the λ the router (``--policy``) predicts to think
+``thinking_target`` tokens on this prompt, else the effort table's calibrated curve. The schedule goes
+to the engine in ``vllm_xargs.thinkctl_schedule`` (:mod:`thinkctl.vllm_plugin.schedule`), cap included,
+and the λ-source header says ``schedule``, the body's ``thinkctl`` object ``thinking_control``.
+
 Prompt logprobs (``prompt_logprobs``, or ``echo`` with ``logprobs``) are computed by vLLM at the
 checkpoint's default λ (see :mod:`thinkctl.vllm_plugin.lam`); a request that asks for them at another
 λ gets a 400 saying so, and at the default λ they are served.
@@ -128,6 +137,8 @@ class Decision:
     #: completions: fill reasoning_tokens from the token ids, and drop the ids the client did not ask for
     count_reasoning: bool = False
     drop_token_ids: bool = False
+    #: the thinking control acting on the request (soft, bias, target), None without one
+    control: str | None = None
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         if self.lam is None:
@@ -138,6 +149,8 @@ class Decision:
         out: dict[str, Any] = {"lambda": self.lam, "lambda_source": self.source}
         if self.effort is not None:
             out["reasoning_effort"] = self.effort
+        if self.control is not None:
+            out["thinking_control"] = self.control
         return out
 
 
@@ -193,6 +206,7 @@ class Controls:
             # arithmetic slip than a request for unlimited thinking, and omitting the field says that plainly
             raise RequestError(f"thinking_token_budget must be a non-negative integer (omit it for no budget), got {budget!r}",
                                "thinking_token_budget")
+        schedule = self._schedule_fields(body, budget)
         effort = body.get("reasoning_effort")
         wants_auto = explicit == AUTO or effort == AUTO
         if not self.settings.dual_stream:
@@ -210,7 +224,9 @@ class Controls:
                 xargs[LAMBDA_KEY] = decision.lam
             # effort is expressed by λ here; the chat template must not shorten thinking a second time
             body.pop("reasoning_effort", None)
-        if budget is not None and self.settings.thinking:
+        if schedule is not None:
+            decision = self._apply_schedule(body, chat, xargs, decision, schedule, explicit if has_explicit else None, level)
+        elif budget is not None and self.settings.thinking:
             body["thinking_token_budget"] = engine_thinking_budget(budget, self.thinking_tail(body, chat))
         if xargs:
             body["vllm_xargs"] = xargs
@@ -219,8 +235,71 @@ class Controls:
         if not chat and self.settings.thinking and not body.get("stream"):
             wanted = bool(body.get("return_token_ids"))
             body["return_token_ids"] = True
-            decision = Decision(decision.lam, decision.source, decision.effort, True, not wanted)
+            decision = Decision(decision.lam, decision.source, decision.effort, True, not wanted, decision.control)
         return decision
+
+    def _schedule_fields(self, body: dict[str, Any], budget: int | None) -> Any:
+        """The request's ``thinking_control``/``thinking_target``/``fast_lambda`` as a sampling config
+        (None for no control or ``hard``, which is ``thinking_token_budget`` alone); the fields are
+        removed from the body, vLLM does not know them."""
+        from thinkctl.sampling import CONTROLS, SamplingConfig, ScheduleConfig
+
+        control, target, fast = (body.pop(k, None) for k in ("thinking_control", "thinking_target", "fast_lambda"))
+        if control is None:
+            for name, value in (("thinking_target", target), ("fast_lambda", fast)):
+                if value is not None:
+                    raise RequestError(f"{name} is a setting of thinking_control (soft, bias or target); send it with one", name)
+            return None
+        if control not in CONTROLS:
+            raise RequestError(f"thinking_control must be one of {', '.join(CONTROLS)}, got {control!r}", "thinking_control")
+        if control == "hard":
+            if budget is None:
+                raise RequestError("thinking_control 'hard' is the thinking_token_budget alone: send thinking_token_budget",
+                                   "thinking_token_budget")
+            return None
+        if not self.settings.dual_stream or not self.settings.thinking:
+            raise RequestError(f"thinking_control {control!r} moves λ while the model thinks: it needs a dual-stream model "
+                               "(an InRa checkpoint or a reference with --aligned) whose tokenizer has <think> and </think>",
+                               "thinking_control")
+        if fast is not None:
+            try:
+                fast = validate_lambda(fast)
+            except InvalidLambdaError as e:
+                raise RequestError(f"fast_lambda: {e}", "fast_lambda") from None
+        elif self.effort is not None and "low" in self.effort.levels:
+            fast = self.effort.levels["low"]  # the effort table's fast end, as the control sweeps use it
+        if control == "target" and (target is None or isinstance(target, bool) or not isinstance(target, int) or target < 1):
+            raise RequestError(f"thinking_control 'target' needs thinking_target, a positive integer of thinking tokens, "
+                               f"got {target!r}", "thinking_target")
+        if control != "target" and target is not None:
+            raise RequestError("thinking_target is the target control's setting (thinking_control: target)", "thinking_target")
+        if control in ("soft", "bias") and not budget:
+            raise RequestError(f"thinking_control {control!r} acts against a budget: send thinking_token_budget ≥ 1",
+                               "thinking_token_budget")
+        try:
+            return SamplingConfig(max_thinking_tokens=budget, schedule=ScheduleConfig(control=control, thinking_target=target,
+                                                                                      fast_lambda=fast))
+        except ConfigError as e:
+            raise RequestError(str(e), "thinking_control") from None
+
+    def _apply_schedule(self, body: dict[str, Any], chat: bool, xargs: dict[str, Any], decision: Decision, sampling: Any,
+                        explicit: float | None, level: int | None) -> Decision:
+        """Write the schedule into ``vllm_xargs``; target mode without a chosen λ starts where the router
+        (else the effort table's calibrated curve) predicts ``thinking_target`` thinking tokens for this prompt."""
+        from thinkctl.controls import LengthModel
+        from thinkctl.rollout.vllm import schedule_extra_args
+
+        lam = decision.lam
+        target = sampling.schedule.thinking_target
+        if target is not None and explicit is None and decision.source != "effort":
+            if self.router is not None:
+                lam = self.router.lambda_for_length(target, self.question(body, chat), level=level)
+            elif self.effort is not None:
+                lam = LengthModel.from_table(self.effort).start_lambda(target, lam)
+            xargs[LAMBDA_KEY] = lam
+        xargs.update(schedule_extra_args(sampling))
+        body.pop("thinking_token_budget", None)  # the schedule's cap (vllm_plugin.schedule) replaces vLLM's count
+        return Decision(lam, "schedule", decision.effort, control=sampling.schedule.control)
 
     def _plain(self, has_explicit: bool, explicit: Any, wants_auto: bool) -> Decision:
         """A plain model has no λ dial: λ = 0 is accepted, anything else is refused; effort is vLLM's."""

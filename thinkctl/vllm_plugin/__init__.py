@@ -33,6 +33,8 @@ PLUGIN_ENTRY = "thinkctl = thinkctl.vllm_plugin:register"
 
 #: ``SamplingParams.extra_args`` / ``vllm_xargs`` key carrying a request's λ (see thinkctl.vllm_plugin.lam)
 LAMBDA_KEY = "thinkctl_lambda"
+#: ``extra_args`` / ``vllm_xargs`` key carrying a request's λ schedule (see thinkctl.vllm_plugin.schedule)
+SCHEDULE_KEY = "thinkctl_schedule"
 #: the logits processor that routes each request's λ to the model
 PROCESSOR_FQCN = "thinkctl.vllm_plugin.lam:ThinkctlLambdaProcessor"
 

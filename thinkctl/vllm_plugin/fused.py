@@ -204,7 +204,8 @@ class FusedPairForCausalLM(nn.Module):
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         h_aligned, h_ref = hidden_states.chunk(2, dim=-1)
         lam = self.lambdas.rows(hidden_states.shape[0])
-        return fuse_logits(self.aligned.compute_logits(h_aligned), self.reference.compute_logits(h_ref), lam)
+        fused = fuse_logits(self.aligned.compute_logits(h_aligned), self.reference.compute_logits(h_ref), lam)
+        return self.lambdas.constrain(fused)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """The reference's tensors arrive from the pair dir (symlinks); the aligned ones are read here."""

@@ -152,7 +152,7 @@ class InRaForCausalLM(nn.Module):
         adapted, original = hidden_states.chunk(2, dim=-1)
         z_adapter = self.logits_processor(self.lm_head, adapted)
         z_original = self.logits_processor(self.lm_head, original)
-        return fuse_logits(z_adapter, z_original, self.lambdas.rows(hidden_states.shape[0]))
+        return self.lambdas.constrain(fuse_logits(z_adapter, z_original, self.lambdas.rows(hidden_states.shape[0])))
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Adapter (and, when merged, base) tensors from the model dir; base tensors from ``inra.base_model``."""

@@ -39,6 +39,12 @@ chunks of their own (up to 1,024 rows, several requests' prompts mixed, no row �
 those rows get the checkpoint default. A request that asks for prompt logprobs *and* names a λ is
 therefore refused at admission rather than answered at the wrong λ (see :func:`check_prompt_logprobs`).
 
+A request may also carry a λ schedule (``extra_args={"thinkctl_schedule": {...}}``): its λ then
+follows its thinking tokens so far, step by step, and its ``</think>`` logit may get the bias ramp
+(:mod:`thinkctl.vllm_plugin.schedule`, which keeps the count under either runner). The table then
+evaluates the schedule's formula per row in :meth:`LambdaTable.rows` and the model applies
+:meth:`LambdaTable.constrain` to the fused logits.
+
 Nothing here synchronises the host with the device per step: λ values are staged on the host and
 copied with vLLM's ``async_tensor_h2d`` (a pinned staging buffer, ``non_blocking``) only when a request
 was added or moved, and ``compute_logits`` only indexes device tensors.
@@ -57,9 +63,10 @@ from vllm.v1.sample.logits_processor import LogitsProcessor as V1LogitsProcessor
 from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState
 from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as V2LogitsProcessor
 
-from thinkctl.errors import InvalidLambdaError
+from thinkctl.errors import ConfigError, InvalidLambdaError
 from thinkctl.fusion import validate_lambda
-from thinkctl.vllm_plugin import LAMBDA_KEY, PROCESSOR_FQCN
+from thinkctl.vllm_plugin import LAMBDA_KEY, PROCESSOR_FQCN, SCHEDULE_KEY
+from thinkctl.vllm_plugin.schedule import RowSchedule, ScheduleState, parse_schedule
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -83,12 +90,27 @@ def default_lambda(hf_config: Any) -> float | None:
 def check_prompt_logprobs(params: SamplingParams) -> None:
     """Refuse prompt logprobs at a request-chosen λ: vLLM scores prompts without a row → request map
     (see the module docstring), so they would silently come at the checkpoint's default λ."""
-    if params.prompt_logprobs is not None and LAMBDA_KEY in (params.extra_args or {}):
+    chosen = [key for key in (LAMBDA_KEY, SCHEDULE_KEY) if key in (params.extra_args or {})]
+    if params.prompt_logprobs is not None and chosen:
         raise InvalidLambdaError(
             f"prompt_logprobs are computed at the model's default λ (vLLM scores prompts in chunks that carry no "
-            f"request's λ), so they cannot be combined with {LAMBDA_KEY}: send the request without {LAMBDA_KEY} "
+            f"request's λ), so they cannot be combined with {chosen[0]}: send the request without {chosen[0]} "
             "to get prompt logprobs at the default, or without prompt_logprobs (and echo) to sample at your λ"
         )
+
+
+def request_schedule(params: SamplingParams) -> RowSchedule | None:
+    """The λ schedule of one request: its ``extra_args[SCHEDULE_KEY]`` when given, else None."""
+    extra = params.extra_args or {}
+    return parse_schedule(extra[SCHEDULE_KEY]) if SCHEDULE_KEY in extra else None
+
+
+def think_markers(vllm_config: VllmConfig) -> tuple[int, int] | None:
+    """The ``<think>``/``</think>`` ids of the engine's reasoning config, when each is one token."""
+    reasoning = getattr(vllm_config, "reasoning_config", None)
+    start = getattr(reasoning, "reasoning_start_token_ids", None) or []
+    end = getattr(reasoning, "reasoning_end_token_ids", None) or []
+    return (start[0], end[0]) if len(start) == 1 and len(end) == 1 else None
 
 
 def request_lambda(params: SamplingParams, default: float) -> float:
@@ -118,6 +140,10 @@ class LambdaTable:
         self.slot_values: torch.Tensor | None = None
         self.row_slots: torch.Tensor | None = None
         self._dirty = False
+        #: the requests' λ schedules and think-block counts (set by the λ processor), and whether any
+        #: request of the current batch (V1) or of any slot (V2) has one
+        self.schedules: ScheduleState | None = None
+        self.scheduling = False
 
     def use_slots(self, num_slots: int, device: torch.device) -> None:
         """Switch to V2 indexing: one value per request slot, mirrored on ``device``."""
@@ -145,16 +171,28 @@ class LambdaTable:
         from prompt-logprob chunks (requests that chose a λ cannot ask for those, see
         :func:`check_prompt_logprobs`); they get the default so the forward stays well-defined.
         """
-        if not self.updated:
+        if not self._current(n):
             return self.default
         if self.slot_values is not None:
-            slots = self.row_slots
-            if slots is not None and slots.shape[0] == n:
-                return self.slot_values[slots.to(self.slot_values.device, torch.long)]
-            return self.default
-        if self.batch_values is not None and self.batch_values.shape[0] == n:
-            return self.batch_values
-        return self.default
+            assert self.row_slots is not None
+            base = self.slot_values[self.row_slots.to(self.slot_values.device, torch.long)]
+            return self.schedules.lambdas(base, self.row_slots) if self.scheduling and self.schedules else base
+        assert self.batch_values is not None
+        return self.schedules.lambdas(self.batch_values) if self.scheduling and self.schedules else self.batch_values
+
+    def _current(self, n: int) -> bool:
+        """Whether ``n`` logits rows are this step's batch (see :meth:`rows` for the other counts)."""
+        if not self.updated:
+            return False
+        if self.slot_values is not None:
+            return self.row_slots is not None and self.row_slots.shape[0] == n
+        return self.batch_values is not None and self.batch_values.shape[0] == n
+
+    def constrain(self, logits: torch.Tensor) -> torch.Tensor:
+        """Fused logits with the schedules' ``</think>`` bias and thinking floor (unchanged without schedules)."""
+        if not self.scheduling or self.schedules is None or not self._current(logits.shape[0]):
+            return logits
+        return self.schedules.constrain(logits, self.row_slots if self.slot_values is not None else None)
 
 
 _TABLES: dict[str, LambdaTable] = {}
@@ -208,18 +246,43 @@ class ThinkctlLambdaProcessor(V1LogitsProcessor, V2LogitsProcessor):
     def validate_params(cls, sampling_params: SamplingParams) -> None:
         try:
             request_lambda(sampling_params, 0.0)
+        except InvalidLambdaError as e:
+            raise ValueError(f"{LAMBDA_KEY}: {e}") from None
+        try:
+            request_schedule(sampling_params)
+        except (ConfigError, InvalidLambdaError) as e:
+            raise ValueError(f"{SCHEDULE_KEY}: {e}") from None
+        try:
             check_prompt_logprobs(sampling_params)
         except InvalidLambdaError as e:
             raise ValueError(f"{LAMBDA_KEY}: {e}") from None
 
     def __init__(self, vllm_config: VllmConfig, *runner_args: Any) -> None:
         self.table = lambda_table(vllm_config)
+        self.req_states: LogitsProcRequestState | None = None
         v2 = len(runner_args) == 1 and isinstance(runner_args[0], LogitsProcRequestState)
-        if v2 and self.table is not None:
-            req_states: LogitsProcRequestState = runner_args[0]
-            self.table.use_slots(req_states.max_num_reqs, req_states.device)
-        elif self.table is not None and runner_args and runner_args[0] is not None:
-            self.table.device = torch.device(runner_args[0])  # V1: (vllm_config, device, is_pin_memory)
+        if self.table is None:
+            return
+        if v2:
+            self.req_states = runner_args[0]
+            self.table.use_slots(self.req_states.max_num_reqs, self.req_states.device)
+            self.schedules = ScheduleState(self.req_states.max_num_reqs, think_markers(vllm_config), self.req_states.device)
+            self.schedules.use_slots()
+        else:
+            if runner_args and runner_args[0] is not None:
+                self.table.device = torch.device(runner_args[0])  # V1: (vllm_config, device, is_pin_memory)
+            self.schedules = ScheduleState(self.table.values.shape[0], think_markers(vllm_config), self.table.device)
+        self.table.schedules = self.schedules
+        self._settings_changed = False
+
+    def _schedule(self, params: SamplingParams) -> RowSchedule | None:
+        """The request's schedule, or None (with the reason logged) where this engine has no think markers."""
+        schedule = request_schedule(params)
+        if schedule is not None and self.schedules.markers is None:
+            log.error("%s ignored: the engine has no reasoning config naming single-token <think>/</think> markers "
+                      "(start it with a reasoning parser, e.g. --reasoning-parser thinkctl)", SCHEDULE_KEY)
+            return None
+        return schedule
 
     # ------------------------------------------------------------ shared
 
@@ -236,25 +299,50 @@ class ThinkctlLambdaProcessor(V1LogitsProcessor, V2LogitsProcessor):
         if table is None:
             return
         table.updated = True
-        if batch_update is None:
-            return
-        values = table.values
-        for index, params, _, _ in batch_update.added:
-            values[index] = request_lambda(params, table.default)
-        for a, b, direction in batch_update.moved:
-            if direction == MoveDirectionality.SWAP:
-                values[a], values[b] = values[b].clone(), values[a].clone()
-            else:
-                values[b] = values[a]
-        table.set_batch(batch_update.batch_size)
+        schedules = self.schedules
+        if batch_update is not None:
+            values = table.values
+            for index in batch_update.removed:
+                schedules.set(index, None)
+            for index, params, prompt, outputs in batch_update.added:
+                values[index] = request_lambda(params, table.default)
+                schedules.set(index, self._schedule(params), sorted(params.all_stop_token_ids))
+                schedules.add_row(index, prompt, outputs)
+            for a, b, direction in batch_update.moved:
+                swap = direction == MoveDirectionality.SWAP
+                if swap:
+                    values[a], values[b] = values[b].clone(), values[a].clone()
+                else:
+                    values[b] = values[a]
+                schedules.move_row(a, b, swap)
+            table.set_batch(batch_update.batch_size)
+        batch_size = 0 if table.batch_values is None else table.batch_values.shape[0]
+        table.scheduling = bool(schedules.active[:batch_size].any())
+        if table.scheduling:
+            schedules.catch_up(batch_size)
+            schedules.mirror_batch(batch_size, changed=batch_update is not None)
 
     # ------------------------------------------------------------ V2 interface
 
     def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
         if self.table is not None:
             self.table.set_slot(req_idx, request_lambda(sampling_params, self.table.default))
+            schedule = self._schedule(sampling_params)
+            if schedule is not None or self.schedules.active[req_idx]:
+                self.schedules.set(req_idx, schedule, sorted(sampling_params.all_stop_token_ids))
+                self._settings_changed = True
+            if schedule is not None:
+                self.schedules.fresh.append(req_idx)
         return False
 
     def apply_staged_writes(self) -> None:
-        if self.table is not None:
-            self.table.flush()
+        table = self.table
+        if table is None:
+            return
+        table.flush()
+        table.scheduling = self.schedules.any_active
+        if table.scheduling:
+            assert self.req_states is not None
+            rs = self.req_states
+            self.schedules.advance_slots(rs.all_token_ids.gpu, rs.prompt_len.gpu, rs.total_len.gpu, self._settings_changed)
+            self._settings_changed = False
