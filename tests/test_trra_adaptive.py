@@ -61,14 +61,17 @@ def test_per_example_lambda_needs_a_lambda_on_every_example(tmp_path, word_token
 # --- the teacher's choice -------------------------------------------------------------------------------------------
 
 
-def test_choose_lambda_is_the_largest_lambda_right_often_enough() -> None:
-    grid = [0.0, 0.5, 1.0]
-    assert choose_lambda({0.0: [True], 0.5: [True], 1.0: [False]}, grid, 0.5) == 0.5
-    assert choose_lambda({0.0: [True, True], 0.5: [True, False], 1.0: [False, False]}, grid, 0.5) == 0.5
-    assert choose_lambda({0.0: [True, True], 0.5: [True, False], 1.0: [False, False]}, grid, 1.0) == 0.0
-    assert choose_lambda({1.0: [True]}, grid, 0.5) == 1.0  # smaller λ never asked: the largest right one wins
-    assert choose_lambda({0.0: [False], 0.5: [False]}, grid, 0.5) is None
-    assert choose_lambda({}, grid, 0.5) is None
+def test_choose_lambda_is_the_shortest_right_answer_ties_to_the_smallest_lambda() -> None:
+    assert choose_lambda({0.0: [(True, 90)], 0.5: [(True, 40)], 1.0: [(False, 10)]}, 0.5) == 0.5
+    # λ 0.5 and 0.75 think alike (within 2%): the more careful teacher wins the tie
+    assert choose_lambda({0.0: [(True, 90)], 0.5: [(True, 40)], 0.75: [(True, 40)], 1.0: [(False, 10)]}, 0.5) == 0.5
+    assert choose_lambda({0.25: [(True, 101)], 0.5: [(True, 100)]}, 0.5) == 0.25
+    assert choose_lambda({0.25: [(True, 50)], 0.5: [(True, 40)]}, 0.5) == 0.5
+    # several samples: right often enough, its length the mean of its right samples
+    two = {0.0: [(True, 90), (True, 94)], 0.5: [(True, 40), (False, 10)], 1.0: [(False, 10), (False, 12)]}
+    assert choose_lambda(two, 0.5) == 0.5 and choose_lambda(two, 1.0) == 0.0
+    assert choose_lambda({0.0: [(False, 90)], 0.5: [(False, 40)]}, 0.5) is None
+    assert choose_lambda({}, 0.5) is None
 
 
 def test_teacher_grid_is_capped_by_the_goal_lambda() -> None:
@@ -88,7 +91,8 @@ class GridBackend(RolloutBackend):
 
     def generate(self, prompts: Sequence[str], lam, sampling: SamplingConfig, seeds=None) -> list[Completion]:
         out = []
-        for prompt in prompts:
+        lams = [lam] * len(prompts) if isinstance(lam, (int, float)) else list(lam)
+        for prompt, lam in zip(prompts, lams):
             if self.fail_after is not None and len(self.calls) >= self.fail_after:
                 raise KeyboardInterrupt("simulated kill")
             pid = re.search(r"(p\d+)", prompt).group(1)
@@ -108,14 +112,12 @@ def _grid_problems() -> list[Problem]:
     return [Problem(pid, f"{pid} asks 1 + 2", "3", level=k + 1) for k, pid in enumerate(EASIEST)]
 
 
-def test_adaptive_teacher_takes_the_shortest_verified_lambda_searching_down(tmp_path, word_tokenizer) -> None:
+def test_adaptive_teacher_takes_the_shortest_verified_lambda(tmp_path, word_tokenizer) -> None:
     backend = GridBackend(word_tokenizer, EASIEST)
     data = generate_adaptive_data(backend, _grid_problems(), [0.0, 0.5, 1.0], SamplingConfig(max_new_tokens=64),
                                   tmp_path / "adaptive.jsonl")
     assert data.choices == {"p0": 1.0, "p1": 0.5, "p2": 0.0, "p3": None}
-    # each problem is asked from the top down and never again once a λ is right
-    assert sorted(backend.calls) == sorted([("p0", 1.0), ("p1", 1.0), ("p2", 1.0), ("p3", 1.0), ("p1", 0.5), ("p2", 0.5),
-                                            ("p3", 0.5), ("p2", 0.0), ("p3", 0.0)])
+    assert sorted(backend.calls) == sorted((p, lam) for p in EASIEST for lam in (0.0, 0.5, 1.0))
     assert [(ex.problem_id, ex.lam, ex.correct) for ex in data.examples] == [("p0", 1.0, True), ("p1", 0.5, True), ("p2", 0.0, True)]
     assert data.histogram() == {"1": {"1": 1}, "2": {"0.5": 1}, "3": {"0": 1}, "4": {"none": 1},
                                 "all": {"0": 1, "0.5": 1, "1": 1, "none": 1}}
@@ -123,8 +125,17 @@ def test_adaptive_teacher_takes_the_shortest_verified_lambda_searching_down(tmp_
     assert saved["choices"] == data.choices and saved["mean_lambda"] == pytest.approx(0.5)
     fallback = generate_adaptive_data(backend, _grid_problems(), [0.0, 0.5, 1.0], SamplingConfig(max_new_tokens=64),
                                       tmp_path / "adaptive.jsonl", only_correct=False)
-    assert len(backend.calls) == 9  # everything came from the cache
+    assert len(backend.calls) == 12  # everything came from the cache
     assert [(ex.problem_id, ex.lam) for ex in fallback.examples][-1] == ("p3", 0.0)  # none right: the smallest λ's
+
+
+def test_a_policy_caps_each_problems_grid(tmp_path, word_tokenizer) -> None:
+    backend = GridBackend(word_tokenizer, EASIEST)
+    caps = {"p0": 0.5, "p1": 1.0, "p2": 0.25, "p3": 1.0}
+    data = generate_adaptive_data(backend, _grid_problems(), [0.0, 0.5, 1.0], SamplingConfig(max_new_tokens=64),
+                                  tmp_path / "adaptive.jsonl", caps=caps)
+    assert data.choices == {"p0": 0.5, "p1": 0.5, "p2": 0.0, "p3": None}  # p0 is right at 1, but its policy says 0.5
+    assert ("p0", 1.0) not in backend.calls and ("p2", 0.25) in backend.calls and ("p2", 0.5) not in backend.calls
 
 
 def test_adaptive_teacher_needs_every_sample_it_asks_for(tmp_path, word_tokenizer) -> None:
@@ -149,9 +160,9 @@ def test_resumed_adaptive_data_keeps_the_choices_and_regenerates_nothing(tmp_pat
     resumed = generate_adaptive_data(resumed_backend, _grid_problems(), [0.0, 0.5, 1.0], sampling,
                                      tmp_path / "b" / "adaptive.jsonl", chunk_size=1)
     assert resumed.choices == whole.choices
-    assert len(resumed_backend.calls) == 9 - 5  # the five cached responses are not asked again
+    assert len(resumed_backend.calls) == 12 - 5  # the five cached responses are not asked again
     assert [ex.token_ids for ex in resumed.examples] == [ex.token_ids for ex in whole.examples]
-    with pytest.raises(ConfigError, match="not in .* yet"):
+    with pytest.raises(ConfigError, match="responses are not in .* yet"):
         generate_adaptive_data(None, _grid_problems() + [Problem("p9", "p9 asks", "3")], [0.0, 0.5, 1.0], sampling,
                                tmp_path / "b" / "adaptive.jsonl")
     with pytest.raises(ConfigError, match="outside the teacher's grid"):
@@ -206,3 +217,39 @@ def test_realign_adaptive_runs_every_stage_and_reports_the_oracle_and_choices(tm
     assert marker["config"]["lambda_per_example"] is True
     assert "each training problem's own λ" in (out / "student" / "final" / "README.md").read_text()
     assert "problems per chosen λ" in (out / "report.md").read_text()
+
+
+# --- side by side ---------------------------------------------------------------------------------------------------
+
+
+def _fake_round(root, lam: float, rows: list[tuple[str, float, float]], sha: str = "abc") -> dict:
+    root.mkdir(parents=True, exist_ok=True)
+    report = {"lambda": lam, "rows": [{"model": m, "n": 10, "accuracy": a, "mean_thinking_tokens": t,
+                                       "by_level": {"1": {"n": 5, "accuracy": a, "mean_thinking_tokens": t}}} for m, a, t in rows]}
+    (root / "report.json").write_text(json.dumps(report))
+    settings = {"eval": {"benchmark": "tiny", "split": "test", "problems_sha256": sha, "n_samples": 1, "sampling": {"t": 0}}}
+    (root / "run.json").write_text(json.dumps({"settings": settings}))
+    return report
+
+
+def test_compare_runs_lines_up_rounds_students_and_oracle_against_one_reference(tmp_path) -> None:
+    from thinkctl.trra.compare import ORACLE, compare_runs, comparison_markdown
+
+    r1 = _fake_round(tmp_path / "iter" / "round-1", 0.25, [("reference (λ=0)", 0.96, 100.0), ("TrRa student", 0.96, 50.0)])
+    r2 = _fake_round(tmp_path / "iter" / "round-2", 0.25, [("reference (λ=0)", 0.96, 100.0), ("TrRa student", 0.90, 40.0)])
+    (tmp_path / "iter" / "report.json").write_text(json.dumps({"rounds": [r1, r2]}))
+    _fake_round(tmp_path / "ada", 1.0, [("reference (λ=0)", 0.96, 100.0), ("fused teacher (λ=1)", 0.3, 20.0),
+                                        (ORACLE, 0.99, 30.0), ("adaptive TrRa student", 0.95, 35.0)])
+    router = {"model": "router", "n": 10, "accuracy": 0.9, "mean_thinking_tokens": 35.0, "by_level": {}}
+    out = compare_runs({"iterated": tmp_path / "iter", "adaptive": tmp_path / "ada"}, [router])
+    assert [r["model"] for r in out["rows"]] == [
+        "reference (λ=0)", "TrRa student (iterated, round 1, λ=0.25)", "TrRa student (iterated, round 2, λ=0.25)",
+        f"{ORACLE} (adaptive, λ=1)", "adaptive TrRa student (adaptive, λ=1)", "router"]
+    assert [round(r["reduction_pct_vs_reference"], 1) for r in out["rows"]] == [0.0, 50.0, 60.0, 70.0, 65.0, 65.0]
+    md = comparison_markdown(out)
+    assert "| adaptive TrRa student (adaptive, λ=1) | 10 | 95.0 | -1.0 | 35.0 | 65.0 |" in md and "L1 acc % / think" in md
+    _fake_round(tmp_path / "other", 0.5, [("reference (λ=0)", 0.9, 90.0), ("TrRa student", 0.9, 45.0)], sha="def")
+    with pytest.raises(Exception, match="evaluated differently .*problems_sha256"):
+        compare_runs({"adaptive": tmp_path / "ada", "other": tmp_path / "other"})
+    with pytest.raises(ConfigError, match="has no report.json"):
+        compare_runs({"missing": tmp_path / "nowhere"})

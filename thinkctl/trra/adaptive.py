@@ -2,20 +2,22 @@
 
 Single-λ TrRa gives the student one length policy for every problem: at a λ that is free on easy
 problems the hard ones lose, at a λ safe for the hard ones the easy ones keep thinking they do not need.
-Here each problem gets the **largest λ of a grid whose answer is verified correct** (the shortest thinking
-that still gets it right: thinking falls with λ), and the student is distilled towards the fused teacher
-at each sequence's own λ (:func:`thinkctl.losses.chunked_fused_kd_loss` takes one λ per row). The student
-thus learns *which* problems need long thinking from the problems themselves, as length-rewarded RL does
-(DLER, Laser, SelfBudgeter), by distillation.
+Here each problem gets **the λ of its shortest verified-right answer**, and the student is distilled towards
+the fused teacher at each sequence's own λ (:func:`thinkctl.losses.chunked_fused_kd_loss` takes one λ per
+row). The student thus learns *which* problems need long thinking from the problems themselves, as
+length-rewarded RL does (DLER, Laser, SelfBudgeter), by distillation.
 
-The grid is searched from its largest λ down: every problem is asked at the top λ, the ones it gets wrong at
-the next one, and so on, so the cost is the grid's first λ plus the share of problems still open at each later
-one (about twice a single-λ run on the tiny default, not five times). A λ is accepted when at least
-``min_correct`` of its ``n_samples`` samples are right, and the student trains on those right samples.
+Why shortest rather than largest λ: thinking falls with λ in steps, not smoothly (the tiny default's λ 0.25,
+0.5 and 0.75 write the same careful steps on easy problems, and λ 0.75 only miscopies more), so past the
+length a problem needs a larger λ buys no tokens, only risk. Answers within :data:`~thinkctl.router.policy.TOKEN_TIE`
+of the shortest right one tie, and the smallest λ of those wins: the most careful teacher at that length.
 
-Every response is appended to a JSONL cache (one chunk at a time, seeded per problem, λ and sample), and the
-choices are a pure function of the cache (:func:`choose_lambda`), so an interrupted data stage resumes where
-it stopped and keeps the choices an uninterrupted one would have made.
+Every problem is asked at every λ of its grid (the grid's λ up to a cap: the goal's λ, and per problem the λ a
+router policy picks for its prompt, when one is given: the issue's "router policy's λ for that prompt", the
+choice a student can learn from the prompt alone), ``n_samples`` times; a λ counts as right when at least
+``min_correct`` of its samples are. Responses are appended to a JSONL cache one chunk at a time, seeded per
+problem, λ and sample, and the choices are a pure function of the cache (:func:`choose_lambda`), so an
+interrupted data stage resumes where it stopped and keeps the choices an uninterrupted one makes.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from thinkctl.grading import grade
 from thinkctl.io import append_jsonl, atomic_write_json, drop_partial_tail, iter_jsonl
 from thinkctl.prompts import PromptConfig
 from thinkctl.rollout.base import RolloutBackend
+from thinkctl.router.policy import TOKEN_TIE
 from thinkctl.sampling import SamplingConfig
 from thinkctl.trra.data import DistillExample
 
@@ -50,7 +53,7 @@ def teacher_grid(grid: Sequence[float], cap: float | None = None) -> list[float]
     """The λ the teacher may use, largest first: ``grid`` bounded above by ``cap`` (which joins the grid).
 
     The cap is how a length goal composes with adaptive data: ``--target-tokens N`` calibrates the λ whose
-    mean thinking is N and no problem is answered shorter than that; only where that λ is wrong does the
+    mean thinking is N and no problem is answered beyond it; only where the shorter answer is wrong does the
     teacher think longer.
     """
     values = {float(validate_lambda(g)) for g in grid}
@@ -61,17 +64,32 @@ def teacher_grid(grid: Sequence[float], cap: float | None = None) -> list[float]
     return sorted(values, reverse=True)
 
 
-def choose_lambda(outcomes: Mapping[float, Sequence[bool]], grid: Sequence[float], min_correct: float) -> float | None:
-    """The largest λ of ``grid`` whose samples are right at least ``min_correct`` of the time, or None.
+def policy_caps(policy: str | Path, problems: Sequence[Problem], cap: float | None = None) -> dict[str, float]:
+    """Per problem the λ a router policy (``thinkctl route fit``) picks for its prompt, at most ``cap``."""
+    from thinkctl.router.policy import Router
 
-    ``outcomes`` maps λ to the correctness of its samples; a λ without samples is skipped (it was never asked
-    because a larger one was accepted, or the search has not reached it yet).
+    router = Router.load(policy)
+    caps = {p.id: router.route(p.question, level=p.level) for p in problems}
+    return {pid: lam if cap is None else min(lam, cap) for pid, lam in caps.items()}
+
+
+def choose_lambda(outcomes: Mapping[float, Sequence[tuple[bool, int]]], min_correct: float,
+                  tie: float = TOKEN_TIE) -> float | None:
+    """The λ of the shortest right answer, or None when no λ is right.
+
+    ``outcomes`` maps λ to its samples' (correct, thinking tokens). A λ is right when at least ``min_correct``
+    of its samples are; its length is the mean thinking of its right samples. Lengths within ``tie`` (relative)
+    of the shortest tie, won by the smallest λ.
     """
-    for lam in sorted(grid, reverse=True):
-        graded = outcomes.get(lam)
-        if graded and sum(graded) >= min_correct * len(graded):
-            return lam
-    return None
+    right = {}
+    for lam, samples in outcomes.items():
+        good = [tokens for correct, tokens in samples if correct]
+        if samples and len(good) >= min_correct * len(samples):
+            right[lam] = sum(good) / len(good)
+    if not right:
+        return None
+    shortest = min(right.values())
+    return min(lam for lam, tokens in right.items() if tokens <= shortest * (1 + tie))
 
 
 @dataclass
@@ -128,72 +146,69 @@ def generate_adaptive_data(
     sampling: SamplingConfig,
     path: str | Path,
     *,
+    caps: Mapping[str, float] | None = None,
     n_samples: int = 1,
     min_correct: float = 0.5,
     only_correct: bool = True,
     chunk_size: int = 64,
     prompt: PromptConfig = PLAIN,
 ) -> AdaptiveData:
-    """Search ``grid`` from its largest λ down for every problem (see the module docstring), cached at ``path``.
+    """Every problem at every λ of ``grid`` (up to its own cap in ``caps``), cached at ``path``, and each
+    problem's choice (see the module docstring).
 
     Returns the right responses at each problem's chosen λ; a problem no λ gets right is left out with
     ``only_correct``, and otherwise answered by its smallest λ's responses (the reference's way, when 0 is in
-    the grid). Without a backend the cache must already hold the whole search (``--stage train``).
+    the grid). Without a backend the cache must already hold every response (``--stage train``).
     """
     if n_samples < 1:
         raise ConfigError(f"adaptive_samples must be ≥ 1, got {n_samples}")
     if not 0.0 < min_correct <= 1.0:
         raise ConfigError(f"adaptive_min_correct must be in (0, 1], got {min_correct}")
     grid = teacher_grid(grid)
+    own = {p.id: teacher_grid(grid, caps[p.id]) if caps is not None else grid for p in problems}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cached = _read_cache(path, grid)
+    lams = sorted({lam for g in own.values() for lam in g}, reverse=True)
+    cached = _read_cache(path, lams)
     by_problem: dict[str, dict[float, list[DistillExample]]] = defaultdict(lambda: defaultdict(list))
     for ex in cached:
         by_problem[ex.problem_id][ex.lam].append(ex)
-
-    def outcomes(pid: str) -> dict[float, list[bool]]:
-        return {lam: [bool(ex.correct) for ex in exs] for lam, exs in by_problem[pid].items()}
-
-    generated = 0
-    for lam in grid:
-        todo = [(p, k) for p in problems if choose_lambda(outcomes(p.id), [g for g in grid if g > lam], min_correct) is None
-                for k in range(n_samples) if k not in {ex.sample for ex in by_problem[p.id][lam]}]
-        if not todo:
-            continue
-        if backend is None:
-            raise ConfigError(f"{len(todo)} teacher responses at λ={lam:g} are not in {path} yet: run "
-                              "`thinkctl realign --stage data` first")
-        with tqdm(total=len(todo), desc=f"adaptive teacher λ={lam:g}", unit="response") as bar:
-            for start in range(0, len(todo), chunk_size):
-                chunk = todo[start : start + chunk_size]
-                prompts = [render_prompt(backend.tokenizer, p.question, prompt) for p, _ in chunk]
-                seeds = [sampling.seed_for(*_seed_key(p, lam, k)) for p, k in chunk]
-                completions = backend.generate(prompts, lam, sampling, seeds=seeds)
-                new = []
-                for (problem, k), rendered, completion in zip(chunk, prompts, completions):
-                    graded = grade(completion, problem.answer, backend.tokenizer)
-                    new.append(DistillExample(
-                        prompt=rendered, response=completion.text, token_ids=list(completion.token_ids),
-                        problem_id=problem.id, lam=lam, correct=graded.correct, thinking_tokens=graded.thinking_tokens,
-                        finish_reason=completion.finish_reason, sample=k,
-                    ))
-                append_jsonl(path, [asdict(ex) for ex in new])
-                for ex in new:
-                    by_problem[ex.problem_id][lam].append(ex)
-                generated += len(new)
-                bar.update(len(chunk))
+    todo = [(p, lam, k) for lam in lams for p in problems if lam in own[p.id]
+            for k in range(n_samples) if k not in {ex.sample for ex in by_problem[p.id][lam]}]
+    if todo and backend is None:
+        raise ConfigError(f"{len(todo)} adaptive teacher responses are not in {path} yet: run "
+                          "`thinkctl realign --stage data` first")
+    with tqdm(total=len(todo), desc="adaptive teacher", unit="response", disable=not todo) as bar:
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start : start + chunk_size]
+            prompts = [render_prompt(backend.tokenizer, p.question, prompt) for p, _, _ in chunk]
+            seeds = [sampling.seed_for(*_seed_key(p, lam, k)) for p, lam, k in chunk]
+            completions = backend.generate(prompts, [lam for _, lam, _ in chunk], sampling, seeds=seeds)
+            new = []
+            for (problem, lam, k), rendered, completion in zip(chunk, prompts, completions):
+                graded = grade(completion, problem.answer, backend.tokenizer)
+                new.append(DistillExample(
+                    prompt=rendered, response=completion.text, token_ids=list(completion.token_ids),
+                    problem_id=problem.id, lam=lam, correct=graded.correct, thinking_tokens=graded.thinking_tokens,
+                    finish_reason=completion.finish_reason, sample=k,
+                ))
+            append_jsonl(path, [asdict(ex) for ex in new])
+            for ex in new:
+                by_problem[ex.problem_id][ex.lam].append(ex)
+            bar.update(len(chunk))
 
     choices: dict[str, float | None] = {}
     examples: list[DistillExample] = []
     for p in problems:
-        lam = choose_lambda(outcomes(p.id), grid, min_correct)
+        asked = {lam: exs for lam, exs in by_problem[p.id].items() if lam in own[p.id]}
+        lam = choose_lambda({x: [(bool(ex.correct), int(ex.thinking_tokens or 0)) for ex in exs] for x, exs in asked.items()},
+                            min_correct)
         choices[p.id] = lam
         if lam is not None:
-            examples += [ex for ex in by_problem[p.id][lam] if ex.correct and ex.finish_reason == "stop"]
+            examples += [ex for ex in asked[lam] if ex.correct and ex.finish_reason == "stop"]
         elif not only_correct:
-            examples += by_problem[p.id][grid[-1]]
-    data = AdaptiveData(examples, choices, {p.id: p.level for p in problems}, grid, generated)
+            examples += asked[own[p.id][-1]]
+    data = AdaptiveData(examples, choices, {p.id: p.level for p in problems}, grid, len(todo))
     log.info("adaptive teacher: %d problems, mean λ %s, %d examples; by λ: %s", len(problems),
              "n/a" if data.mean_lambda() is None else f"{data.mean_lambda():.3f}", len(examples), data.histogram()["all"])
     if not examples:

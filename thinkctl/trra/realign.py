@@ -51,8 +51,9 @@ from thinkctl.rollout import BackendConfig, RolloutBackend
 from thinkctl.runs import open_staged_run
 from thinkctl.sampling import SamplingConfig
 from thinkctl.training import FINAL_DIR, TraceConfig, consumed_rows, launched_processes
+from thinkctl.trra.adaptive import CHOICES_FILE, DEFAULT_ADAPTIVE_GRID, generate_adaptive_data, policy_caps, teacher_grid
 from thinkctl.trra.calibrate import DEFAULT_GRID, CalibrationError, CalibrationResult, backend_measure, calibrate_lambda
-from thinkctl.trra.adaptive import CHOICES_FILE, DEFAULT_ADAPTIVE_GRID, generate_adaptive_data, teacher_grid
+from thinkctl.trra.compare import ORACLE, record_figures
 from thinkctl.trra.data import DistillExample, from_traces, generate_distillation_data
 from thinkctl.trra.trainer import FINAL_MARKER, TrRaConfig, final_student_path, is_trained, train_trra
 
@@ -94,9 +95,11 @@ class RealignConfig:
     )
     iterations: int | None = option(None, "TrRa rounds; round k ≥ 2 takes round k−1's student as its aligned model "
                                           "(default 1, or the length of lambdas_per_round)")
-    adaptive: bool = option(False, "adaptive teacher: each training problem at the largest λ of adaptive_grid whose answer "
-                                   "is verified right (capped by --lambda, or by the λ --target-tokens calibrates)")
+    adaptive: bool = option(False, "adaptive teacher: each training problem at the λ of adaptive_grid with its shortest "
+                                   "verified-right answer (capped by --lambda, or by the λ --target-tokens calibrates)")
     adaptive_grid: list[float] = lambda_grid_option(DEFAULT_ADAPTIVE_GRID, "λ the adaptive teacher chooses from per problem")
+    adaptive_policy: str = option("", "router policy (thinkctl route fit) whose λ for each prompt caps that problem's grid: "
+                                      "the teacher thinks as the policy says, longer only where that answer is wrong")
     adaptive_samples: int = option(1, "samples per problem and λ the adaptive teacher is verified on")
     adaptive_min_correct: float = option(0.5, "share of a λ's samples that must be right for the adaptive teacher to take it")
     lambda_grid: list[float] = lambda_grid_option(DEFAULT_GRID, "calibration grid, e.g. 0,0.5,1,1.5")
@@ -123,6 +126,8 @@ class RealignConfig:
         if len(goals) > 1 or (not goals and not self.adaptive):
             raise ConfigError("realign: give exactly one of --lambda, --target-tokens and --lambdas-per-round (with "
                               "--adaptive at most one: it caps the adaptive teacher's grid)")
+        if self.adaptive_policy and not self.adaptive:
+            raise ConfigError("realign: adaptive_policy caps the adaptive teacher's λ per problem: set adaptive too")
         if self.adaptive and self.traces.data:
             raise ConfigError("realign: --adaptive chooses the teacher's λ per problem from its own verified answers; it "
                               "cannot distil on a trace dataset (--data): drop one of them")
@@ -208,23 +213,14 @@ def _examples(cfg: RealignConfig, train: TrRaConfig, backend: RolloutBackend | N
         return from_traces(cfg.traces.load(tokenizer, consumed_rows(train.training)))
     problems = load_benchmark(cfg.train_benchmark, cfg.train_split, cfg.train_limit, cfg.sampling.seed)
     if cfg.adaptive:
+        caps = policy_caps(cfg.adaptive_policy, problems, lam) if cfg.adaptive_policy else None
         return generate_adaptive_data(
-            backend, problems, teacher_grid(cfg.adaptive_grid, lam), cfg.sampling, out_dir / ADAPTIVE_DATA,
+            backend, problems, teacher_grid(cfg.adaptive_grid, lam), cfg.sampling, out_dir / ADAPTIVE_DATA, caps=caps,
             n_samples=cfg.adaptive_samples, min_correct=cfg.adaptive_min_correct, only_correct=cfg.only_correct,
             prompt=cfg.prompt,
         ).examples
     return generate_distillation_data(backend, problems, lam, cfg.sampling, out_dir / "distill_data.jsonl",
                                       only_correct=cfg.only_correct, prompt=cfg.prompt)
-
-
-def _figures(df: Any) -> dict[str, Any]:
-    """Accuracy and mean thinking of a set of records (averaged over samples), overall and by difficulty level."""
-    levels = df.dropna(subset=["level"]) if "level" in df else df.iloc[:0]
-    by_level = {str(int(level)): {"n": len(g), "accuracy": float(g["correct"].mean()),
-                                  "mean_thinking_tokens": float(g["thinking_tokens"].mean())}
-                for level, g in levels.groupby("level")}
-    return {"n": len(df), "accuracy": float(df["correct"].mean()), "mean_thinking_tokens": float(df["thinking_tokens"].mean()),
-            "hit_limit": float((df["finish_reason"] == "length").mean()), "by_level": by_level}
 
 
 def _oracle(fused: Any) -> Any:
@@ -254,9 +250,9 @@ def _summary_rows(results: Path, lam: float, adaptive: bool = False) -> list[dic
     rows: list[tuple[str, Any]] = [("reference (λ=0)", fused[fused["lam"] == 0.0])]
     rows += [(f"fused teacher (λ={x:g})", fused[fused["lam"] == x]) for x in sorted(fused["lam"].unique()) if x != 0.0]
     if adaptive:
-        rows.append(("oracle (cheapest right λ per problem)", _oracle(fused)))
+        rows.append((ORACLE, _oracle(fused)))
     rows.append(("adaptive TrRa student" if adaptive else "TrRa student", records[records["method"] == "student"]))
-    figures = [(name, _figures(df)) for name, df in rows]
+    figures = [(name, record_figures(df)) for name, df in rows]
     base = figures[0][1]["mean_thinking_tokens"]
     return [{"model": name, **f, "reduction_pct_vs_reference": 100.0 * (1.0 - f["mean_thinking_tokens"] / base) if base else 0.0}
             for name, f in figures]
@@ -364,6 +360,8 @@ def round_settings(cfg: RealignConfig, train: TrRaConfig, reference: str, aligne
     if cfg.adaptive:
         teacher["adaptive"] = {"grid": list(cfg.adaptive_grid), "samples": cfg.adaptive_samples,
                                "min_correct": cfg.adaptive_min_correct}
+        if cfg.adaptive_policy:
+            teacher["adaptive"]["policy"] = _file_digest(cfg.adaptive_policy)
     data = {"traces": cfg.traces.identity()} if cfg.traces.data else {
         "benchmark": cfg.train_benchmark, "split": cfg.train_split, "limit": cfg.train_limit, "only_correct": cfg.only_correct, **asked}
     values = asdict(train)
@@ -374,10 +372,24 @@ def round_settings(cfg: RealignConfig, train: TrRaConfig, reference: str, aligne
     return {"teacher": teacher, "data": data, "student": student, "eval": evaluation}
 
 
+def _file_digest(path: str) -> str:
+    """A file by content (a router policy refitted under the same name is another teacher)."""
+    import hashlib
+
+    try:
+        return hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()[:16]
+    except OSError as e:
+        raise ConfigError(f"realign: cannot read adaptive_policy {path}: {e.strerror}") from None
+
+
 def _check_inputs(cfg: RealignConfig, train: TrRaConfig, reference: str, aligned: str, stage: str) -> None:
-    """What a stage needs, checked before anything loads or generates: the trace file, one vocabulary for the pair
-    (and the student), and for ``--stage eval`` a trained student."""
+    """What a stage needs, checked before anything loads or generates: the trace file or router policy, one
+    vocabulary for the pair (and the student), and for ``--stage eval`` a trained student."""
     cfg.traces.check()
+    if cfg.adaptive_policy:
+        from thinkctl.router.policy import Router
+
+        Router.load(cfg.adaptive_policy)
     tokenizer = load_tokenizer(reference)
     check_same_vocab(tokenizer, load_tokenizer(aligned))
     if stage == "eval":
