@@ -11,6 +11,7 @@ beyond. The public API (each name documented with an example, see ``help(thinkct
     thinkctl.realign(reference, aligned, "runs/trra", lam=0.5)         # TrRa: distil a student at λ
     thinkctl.train_inra(base, "runs/inra", teacher=aligned)           # InRa: one model with a λ dial
     thinkctl.fit_router("runs/sweep", "policy.json"); thinkctl.route("policy.json", questions)
+    thinkctl.push_to_hub("runs/inra/final", "me/my-inra")               # a checkpoint and its model card, to the Hub
 
 The names load lazily: ``import thinkctl`` imports neither torch nor transformers, so the command
 line starts fast; the first use of a name imports what it needs.
@@ -31,12 +32,13 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     **{name: "thinkctl.api" for name in (
         "load_pair", "load_inra", "from_models", "FusedModel", "run_sweep", "calibrate_lambda", "effort_from_sweep",
-        "realign", "make_trra_trainer", "train_inra", "fit_router", "route",
+        "realign", "make_trra_trainer", "train_inra", "fit_router", "route", "push_to_hub",
     )},
     "Completion": "thinkctl.rollout.base",
     "CalibrationResult": "thinkctl.trra.calibrate",
     "CalibrationError": "thinkctl.trra.calibrate",
     "ThinkctlError": "thinkctl.errors",
+    "HubError": "thinkctl.errors",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

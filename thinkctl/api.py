@@ -445,10 +445,33 @@ def route(policy: PathLike | Any, questions: Sequence[str] | Mapping[str, str], 
     return route_queries(router, queries, budget=budget)[0]
 
 
+def push_to_hub(path: PathLike, repo_id: str, *, token: str | None = None, private: bool | None = None,
+                commit_message: str | None = None) -> str:
+    """Publish a checkpoint thinkctl wrote (an InRa checkpoint, a TrRa student) to the Hugging Face Hub.
+
+    The directory is uploaded as it is, with its model card (``README.md``: base model, what λ means, the
+    measured dial or reduction table), into ``repo_id`` (created if missing; ``private`` as the Hub's
+    ``create_repo`` takes it, None keeps the Hub's default). ``token`` defaults to the logged-in one
+    (``hf auth login`` or ``HF_TOKEN``). Returns the commit's URL. A directory without a card is refused
+    (:class:`thinkctl.errors.ModelLoadError`); a Hub that cannot be reached or refuses the upload raises
+    :class:`thinkctl.errors.HubError` naming the repository and the cause.
+
+    Examples:
+        >>> thinkctl.push_to_hub(tmp, "me/nothing-here")
+        Traceback (most recent call last):
+        ...
+        thinkctl.errors.ModelLoadError: push_to_hub: ... has no model card (README.md); ...
+        >>> # with the network: thinkctl.push_to_hub(INRA, "me/my-inra", private=True) → "https://huggingface.co/..."
+    """
+    from thinkctl.cards import upload_checkpoint
+
+    return upload_checkpoint(path, repo_id, token=token, private=private, commit_message=commit_message)
+
+
 #: the names ``thinkctl`` re-exports, in the order the API reference lists them
 PUBLIC: tuple[str, ...] = (
     "load_pair", "load_inra", "from_models", "FusedModel", "run_sweep", "calibrate_lambda", "effort_from_sweep",
-    "realign", "make_trra_trainer", "train_inra", "fit_router", "route",
+    "realign", "make_trra_trainer", "train_inra", "fit_router", "route", "push_to_hub",
 )
 
 __all__ = list(PUBLIC)

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from thinkctl.errors import HubError, ModelLoadError
 from thinkctl.io import atomic_write_text
 
 CARD_FILE = "README.md"
@@ -128,3 +129,31 @@ def write_card(path: str | Path, text: str) -> Path:
     target = Path(path) / CARD_FILE
     atomic_write_text(target, text)
     return target
+
+
+def upload_checkpoint(path: str | Path, repo_id: str, token: str | None = None, private: bool | None = None,
+                      commit_message: str | None = None) -> str:
+    """Upload the checkpoint directory ``path`` to the Hub repository ``repo_id`` (created if missing); returns
+    the commit's URL.
+
+    The card is checked first: a checkpoint published without one tells Hub users nothing about λ or its
+    base, and every writer thinkctl has (``save_inra``, the TrRa student writer) leaves one, so a missing card
+    means the directory is not one of them. Any failure of the Hub (no network, no or a bad token, no write
+    access) is re-raised as :class:`thinkctl.errors.HubError` naming the repository and the cause.
+    """
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ModelLoadError(f"push_to_hub: {folder} is not a checkpoint directory")
+    if not (folder / CARD_FILE).is_file():
+        raise ModelLoadError(f"push_to_hub: {folder} has no model card ({CARD_FILE}); thinkctl's checkpoint writers "
+                             "(save_inra, realign/TrRa training) write one, or write it with thinkctl.cards.write_card")
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder),
+                                   commit_message=commit_message or f"Upload {folder.name} with thinkctl")
+    except Exception as e:  # the hub client raises connection, HTTP, token and validation errors of many types
+        raise HubError(f"push_to_hub: could not upload {folder} to {repo_id!r}: {type(e).__name__}: {e}") from e
+    return str(commit.commit_url)

@@ -37,3 +37,7 @@ class DataFormatError(ThinkctlError, ValueError):
 
 class ConfigError(ThinkctlError, ValueError):
     """A recipe or option has an unknown key or an invalid value."""
+
+
+class HubError(ThinkctlError):
+    """The Hugging Face Hub could not be reached or refused a request (network, token, permissions)."""
