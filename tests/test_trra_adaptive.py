@@ -253,3 +253,15 @@ def test_compare_runs_lines_up_rounds_students_and_oracle_against_one_reference(
         compare_runs({"adaptive": tmp_path / "ada", "other": tmp_path / "other"})
     with pytest.raises(ConfigError, match="has no report.json"):
         compare_runs({"missing": tmp_path / "nowhere"})
+
+
+def test_trl_style_trainer_takes_a_lambda_per_row(tmp_path, word_tokenizer) -> None:
+    import thinkctl
+
+    rows = [{"prompt": "1 + 2 =", "completion": "3", "lam": 0.25}, {"prompt": "2 + 2 =", "completion": "4", "lam": 1.0}]
+    trainer = thinkctl.make_trra_trainer(make_random_lm(), make_random_lm(seed=1), None, rows, word_tokenizer,
+                                         output_dir=str(tmp_path / "s"), max_steps=1, device="cpu")
+    assert trainer.trra.lambda_per_example and [trainer.train_dataset[i][2] for i in range(2)] == [0.25, 1.0]
+    with pytest.raises(ConfigError, match="1 of 2 rows have a `lam` column"):
+        thinkctl.make_trra_trainer(make_random_lm(), make_random_lm(seed=1), None, [rows[0], {"prompt": "a", "completion": "b"}],
+                                   word_tokenizer, output_dir=str(tmp_path / "s"), max_steps=1, device="cpu")

@@ -365,7 +365,9 @@ def round_settings(cfg: RealignConfig, train: TrRaConfig, reference: str, aligne
     data = {"traces": cfg.traces.identity()} if cfg.traces.data else {
         "benchmark": cfg.train_benchmark, "split": cfg.train_split, "limit": cfg.train_limit, "only_correct": cfg.only_correct, **asked}
     values = asdict(train)
-    student = {**{k: v for k, v in values.items() if k not in ("training", "lambda_")}, "training": train.training.compared()}
+    # λ (and whether it is per example, which teacher.adaptive implies) is the teacher's, compared there
+    student = {**{k: v for k, v in values.items() if k not in ("training", "lambda_", "lambda_per_example")},
+               "training": train.training.compared()}
     evaluation = {"benchmark": benchmark_name(cfg.eval_benchmark), "split": cfg.eval_split, "limit": cfg.eval_limit,
                   "n_problems": len(eval_problems), "problems_sha256": problems_digest(eval_problems),
                   "n_samples": cfg.n_samples, **asked}
