@@ -26,13 +26,15 @@ from thinkctl.trra.compare import compare_runs, comparison_markdown, record_figu
 from thinkctl.trra.realign import student_row
 
 
-def router_row(fit_sweep: Path, adaptive: Path, estimator: str, benchmark: str, train_limit: int, eval_limit: int) -> dict:
+def router_row(fit_sweep: Path, adaptive: Path, held_out_sweep: Path, estimator: str, benchmark: str, train_limit: int,
+               eval_limit: int) -> dict:
     """The router's row at the adaptive student's mean thinking (budget mode), looked up on the held-out sweep."""
     report = json.loads((adaptive / "report.json").read_text())
     budget = student_row(report)["mean_thinking_tokens"]
-    router = fit_router(load_records([fit_sweep]), estimator=estimator, method="fused",
-                        questions=load_questions(benchmark, "train", train_limit))
-    held_out = load_records([adaptive / "eval"])
+    held_out = load_records([held_out_sweep])
+    fit = load_records([fit_sweep])
+    fit = fit[fit["lam"].isin(set(held_out["lam"]))]  # the router chooses among the λ the held-out sweep ran
+    router = fit_router(fit, estimator=estimator, method="fused", questions=load_questions(benchmark, "train", train_limit))
     result = evaluate_routing(router, held_out[held_out["method"] == "fused"], method="fused", budgets=[budget],
                               questions=load_questions(benchmark, "test", eval_limit))
     label = f"{router.estimator.kind} budget={budget:.1f}"
@@ -45,6 +47,8 @@ def main() -> None:
     parser.add_argument("--run", action="append", required=True, help="NAME=DIR of a realign run (repeat)")
     parser.add_argument("--router-sweep", type=Path, help="sweep of the fused pair on training problems (the router's fit)")
     parser.add_argument("--adaptive", default="adaptive", help="the --run name of the adaptive run")
+    parser.add_argument("--router-held-out", type=Path,
+                        help="held-out sweep the router is looked up on (default: the adaptive run's eval/)")
     parser.add_argument("--estimator", default="bins", choices=["bins", "logistic"])
     parser.add_argument("--benchmark", default="tiny")
     parser.add_argument("--train-limit", type=int, default=256)
@@ -54,8 +58,9 @@ def main() -> None:
     runs = dict(item.split("=", 1) for item in args.run)
     extra = []
     if args.router_sweep:
-        extra.append(router_row(args.router_sweep, Path(runs[args.adaptive]), args.estimator, args.benchmark,
-                                args.train_limit, args.eval_limit))
+        adaptive = Path(runs[args.adaptive])
+        extra.append(router_row(args.router_sweep, adaptive, args.router_held_out or adaptive / "eval", args.estimator,
+                                args.benchmark, args.train_limit, args.eval_limit))
     comparison = compare_runs(runs, extra)
     atomic_write_json(args.out.with_suffix(".json"), comparison)
     atomic_write_text(args.out.with_suffix(".md"), comparison_markdown(comparison))
