@@ -27,9 +27,9 @@ LAYERS: list[set[str]] = [
     {"sweep"},
     {"controls"},  # thinking controls side by side: a grid of single-control sweeps and their summary
     {"tiny"},
+    {"router"},  # per-query λ policies: below TrRa, whose adaptive teacher can take a policy's λ per problem
     {"training"},  # what TrRa and InRa training share: Trainer settings, frozen-model preparation, trace datasets
     {"trra", "inra"},  # the two methods are peers: what both need (the distillation loss) lives below
-    {"router"},
     {"serve"},
     {"api"},  # the public Python API: thin wrappers over the jobs the commands run
     {"cli", ""},  # "" is the package's own __init__, which wires the built-in benchmarks

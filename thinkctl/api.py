@@ -362,8 +362,9 @@ def make_trra_trainer(
     ``TrainingArguments`` (default: the ``trra`` keys' ``output_dir``, ``max_steps``, …). The fused target is
     ``λ·aligned + (1−λ)·reference`` with ``reference_model`` frozen; without one it is a frozen copy of
     ``model`` as it starts (the student starts as the reference), or, for a PEFT model, ``model`` with its
-    adapters off. ``trra`` takes the other keys of a recipe's ``trra:`` section (``divergence``, ``max_length``,
-    ``chunk_size``, …). Call ``.train()``, then ``save_model``.
+    adapters off. A ``lam`` column gives each row its own λ instead (adaptive TrRa: long thinking only where a
+    problem needs it). ``trra`` takes the other keys of a recipe's ``trra:`` section (``divergence``,
+    ``max_length``, ``chunk_size``, …). Call ``.train()``, then ``save_model``.
 
     Examples:
         >>> from datasets import Dataset
@@ -385,9 +386,15 @@ def make_trra_trainer(
     missing = [i for i, row in enumerate(rows) if "prompt" not in row or not ({"completion", "response"} & set(row))]
     if missing:
         raise ConfigError(f"train_dataset row {missing[0]} lacks a `prompt` or `completion` column (TRL's prompt-completion format)")
-    examples = [DistillExample(prompt=str(r["prompt"]), response=str(r.get("completion", r.get("response")))) for r in rows]
+    with_lam = sum("lam" in r for r in rows)
+    if with_lam not in (0, len(rows)):
+        raise ConfigError(f"train_dataset: {with_lam} of {len(rows)} rows have a `lam` column; give every row its λ "
+                          "(adaptive TrRa) or none (one lambda_ for all)")
+    examples = [DistillExample(prompt=str(r["prompt"]), response=str(r.get("completion", r.get("response"))),
+                               lam=float(r["lam"]) if with_lam else None) for r in rows]
     use_lora = hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
-    cfg = build(TrRaConfig, {**trra, "lambda_": lambda_, "use_lora": use_lora}, where="make_trra_trainer(...)")
+    cfg = build(TrRaConfig, {**trra, "lambda_": lambda_, "use_lora": use_lora, "lambda_per_example": bool(with_lam)},
+                where="make_trra_trainer(...)")
     if reference_model is None and not use_lora:
         reference_model = copy.deepcopy(model).eval().requires_grad_(False)
     if processing_class.pad_token_id is None:

@@ -92,15 +92,19 @@ thinkctl serve {path}    # requests: "vllm_xargs": {{"thinkctl_lambda": 0.5}} or
 """
 
 
-def trra_card(path: str | Path, reference: str, aligned: str, lam: float, table: str | None = None) -> str:
-    """The card of a TrRa student at ``path``, distilled from the pair (``reference``, ``aligned``) fused at ``lam``."""
+def trra_card(path: str | Path, reference: str, aligned: str, lam: float, table: str | None = None,
+              adaptive: bool = False) -> str:
+    """The card of a TrRa student at ``path``, distilled from the pair (``reference``, ``aligned``) fused at ``lam``
+    (``adaptive``: at each training problem's own λ, up to ``lam``)."""
+    at = (f"at each training problem's own λ (the largest λ ≤ {lam:g} of its grid whose answer was verified right: "
+          "long thinking only where the problem needs it)" if adaptive else f"at λ = {lam:g}")
     measured = table or ("Not evaluated yet: `thinkctl realign` evaluates reference, teacher and student on held-out "
                          "problems and writes the table here.")
     return front_matter(reference, ["thinkctl", "trra", "reasoning", "thinking-length-control", "distillation"]) + f"""
 # TrRa student: {Path(path).name}
 
 An ordinary causal LM distilled (thinkctl's training-time realignment, TrRa) to think like the fused pair
-`λ·aligned + (1−λ)·reference` at λ = {lam:g}, with reference `{reference}` and aligned model `{aligned}`.
+`λ·aligned + (1−λ)·reference` {at}, with reference `{reference}` and aligned model `{aligned}`.
 It runs alone at the cost of one model: no λ to set at inference, the λ is baked in.
 
 ## Load it

@@ -45,3 +45,10 @@ def bootstrap_mean(values: Sequence[float], *, level: float = 0.95, n_boot: int 
     tail = (1 - level) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return Interval(float(x.mean()), float(low), float(high), int(x.size))
+
+
+def oracle_choice(correct: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """Per query (row), the column of the fewest thinking tokens among the right answers, or among all when
+    none is right: what a router that knew every outcome would pick (routing's and adaptive TrRa's ceiling)."""
+    masked = np.where(correct.astype(bool), tokens, np.inf)
+    return np.where(correct.any(1), masked.argmin(1), tokens.argmin(1))

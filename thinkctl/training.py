@@ -37,7 +37,6 @@ from trl.distributed import DistributedBackend
 from trl.models.utils import _ForwardRedirection, prepare_deepspeed, prepare_fsdp
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
-from thinkctl.batch import Example
 from thinkctl.config import option
 from thinkctl.data import LOCAL_SUFFIXES, render_prompt
 from thinkctl.errors import ConfigError, DataFormatError
@@ -138,21 +137,23 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
     return str(max(done, key=lambda p: int(p.name.rpartition("-")[2]))) if done else None
 
 
-def training_examples(rows: Iterable[Example], max_length: int, what: str) -> list[Example]:
+def training_examples(rows: Iterable[tuple[Any, ...]], max_length: int, what: str) -> list[tuple[Any, ...]]:
     """Encoded rows ready for a :class:`ListDataset`: held as int32 arrays (4 bytes a token where a list of Python
-    ints takes 36), without rows that have no response token within ``max_length``.
+    ints takes 36), without rows that have no response token within ``max_length``. A row is an
+    :data:`~thinkctl.batch.Example` ``(ids, n_prompt)``, optionally followed by per-row values its collator reads
+    (TrRa's teacher λ), which are kept as they are.
 
     How many rows fill ``max_length`` (and were cut there, losing their end: answer and EOS) and how many were
     dropped is logged, so a too-short ``max_length`` is never silent.
     """
-    kept: list[Example] = []
+    kept: list[tuple[Any, ...]] = []
     full = dropped = 0
-    for ids, n_prompt in rows:
+    for ids, n_prompt, *extra in rows:
         full += len(ids) >= max_length
         if len(ids) <= max(n_prompt, 1):  # no response token to predict
             dropped += 1
             continue
-        kept.append((np.asarray(ids, dtype=np.int32), n_prompt))
+        kept.append((np.asarray(ids, dtype=np.int32), n_prompt, *extra))
     total = len(kept) + dropped
     if full:
         log.warning("%s: %d of %d sequences fill max_length=%d tokens and are cut there (their ends are not trained "

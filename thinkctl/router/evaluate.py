@@ -27,6 +27,7 @@ from thinkctl.errors import ConfigError, DataFormatError
 from thinkctl.records import SampleRecord
 from thinkctl.router.budget import allocate_budget
 from thinkctl.router.policy import Router, _as_frame, select_sweep, sweep_table
+from thinkctl.stats import oracle_choice
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +54,6 @@ class RouteEvaluation:
         ceiling = (f"Oracle (cheapest right λ per query, the ceiling of any router on this sweep): {100 * o['accuracy']:.1f}% at "
                    f"{o['mean_thinking_tokens']:.1f} thinking tokens, {100 * o['gain']:+.1f} pp over the fixed-λ frontier there.")
         return "\n".join(fixed) + "\n\n" + "\n".join(lines) + "\n\n" + ceiling + "\n"
-
-
-def oracle_choice(correct: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    """Per query (row), the column of the fewest thinking tokens among the right answers, or among all when
-    none is right: what a router that knew every outcome would pick."""
-    masked = np.where(correct.astype(bool), tokens, np.inf)
-    return np.where(correct.any(1), masked.argmin(1), tokens.argmin(1))
 
 
 def fixed_frontier_accuracy(fixed: pd.DataFrame, tokens: float) -> float:

@@ -34,7 +34,9 @@ class DistillExample:
     """One prompt (already rendered with the chat template) and the response to distil on.
 
     ``token_ids`` are the response tokens exactly as the teacher generated them (stop token included);
-    they are None for user-supplied text, which is tokenized and closed with EOS instead.
+    they are None for user-supplied text, which is tokenized and closed with EOS instead. ``lam`` is the
+    teacher's λ for this response (adaptive data: its problem's own); ``sample`` its index among the problem's
+    samples at that λ.
     """
 
     prompt: str
@@ -45,6 +47,7 @@ class DistillExample:
     correct: bool | None = None
     thinking_tokens: int | None = None
     finish_reason: str = "stop"
+    sample: int = 0
 
 
 def _read_cache(path: Path, lam: float) -> list[DistillExample]:

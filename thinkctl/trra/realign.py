@@ -51,13 +51,17 @@ from thinkctl.rollout import BackendConfig, RolloutBackend
 from thinkctl.runs import open_staged_run
 from thinkctl.sampling import SamplingConfig
 from thinkctl.training import FINAL_DIR, TraceConfig, consumed_rows, launched_processes
+from thinkctl.trra.adaptive import CHOICES_FILE, DEFAULT_ADAPTIVE_GRID, generate_adaptive_data, policy_caps, teacher_grid
 from thinkctl.trra.calibrate import DEFAULT_GRID, CalibrationError, CalibrationResult, backend_measure, calibrate_lambda
+from thinkctl.trra.compare import ORACLE, record_figures
 from thinkctl.trra.data import DistillExample, from_traces, generate_distillation_data
 from thinkctl.trra.trainer import FINAL_MARKER, TrRaConfig, final_student_path, is_trained, train_trra
 
 log = logging.getLogger(__name__)
 
 STAGES = ("all", "data", "train", "eval")
+#: the adaptive teacher's responses at every λ it tried (see :mod:`thinkctl.trra.adaptive`)
+ADAPTIVE_DATA = "adaptive_data.jsonl"
 #: how recipes mark a model the user must name (recipes/r1-distill-qwen-7b-trra.yaml)
 PLACEHOLDER = "SET-ME"
 _GOALS = ("lambda_", "target_tokens", "lambdas_per_round")
@@ -91,6 +95,13 @@ class RealignConfig:
     )
     iterations: int | None = option(None, "TrRa rounds; round k ≥ 2 takes round k−1's student as its aligned model "
                                           "(default 1, or the length of lambdas_per_round)")
+    adaptive: bool = option(False, "adaptive teacher: each training problem at the λ of adaptive_grid with its shortest "
+                                   "verified-right answer (capped by --lambda, or by the λ --target-tokens calibrates)")
+    adaptive_grid: list[float] = lambda_grid_option(DEFAULT_ADAPTIVE_GRID, "λ the adaptive teacher chooses from per problem")
+    adaptive_policy: str = option("", "router policy (thinkctl route fit) whose λ for each prompt caps that problem's grid: "
+                                      "the teacher thinks as the policy says, longer only where that answer is wrong")
+    adaptive_samples: int = option(1, "samples per problem and λ the adaptive teacher is verified on")
+    adaptive_min_correct: float = option(0.5, "share of a λ's samples that must be right for the adaptive teacher to take it")
     lambda_grid: list[float] = lambda_grid_option(DEFAULT_GRID, "calibration grid, e.g. 0,0.5,1,1.5")
     calibration_refinements: int = option(6, "extra λ measured inside the bracketing grid interval")
     train_benchmark: str = option("tiny", "benchmark whose problems the teacher answers for distillation")
@@ -112,8 +123,14 @@ class RealignConfig:
 
     def __post_init__(self) -> None:
         goals = [g for g in _GOALS if getattr(self, g) not in (None, [])]
-        if len(goals) != 1:
-            raise ConfigError("realign: give exactly one of --lambda, --target-tokens and --lambdas-per-round")
+        if len(goals) > 1 or (not goals and not self.adaptive):
+            raise ConfigError("realign: give exactly one of --lambda, --target-tokens and --lambdas-per-round (with "
+                              "--adaptive at most one: it caps the adaptive teacher's grid)")
+        if self.adaptive_policy and not self.adaptive:
+            raise ConfigError("realign: adaptive_policy caps the adaptive teacher's λ per problem: set adaptive too")
+        if self.adaptive and self.traces.data:
+            raise ConfigError("realign: --adaptive chooses the teacher's λ per problem from its own verified answers; it "
+                              "cannot distil on a trace dataset (--data): drop one of them")
         if self.target_tokens is not None and self.target_tokens <= 0:
             raise ConfigError(f"realign: target_tokens must be positive, got {self.target_tokens}")
         if self.iterations is not None and self.iterations < 1:
@@ -129,9 +146,11 @@ class RealignConfig:
                                   f"the recipe or with --{'ref' if key == 'reference' else key} (a hub name or path)")
 
     def round_lambdas(self) -> list[float | None]:
-        """λ of each round; None where it is calibrated to ``target_tokens``."""
+        """λ of each round (with ``adaptive``: the cap of its grid); None where it is calibrated to ``target_tokens``."""
         if self.lambdas_per_round:
             return list(self.lambdas_per_round)
+        if self.adaptive and self.lambda_ is None and self.target_tokens is None:
+            return [max(self.adaptive_grid)] * (self.iterations or 1)
         return [self.lambda_] * (self.iterations or 1)
 
     def decoding(self) -> str:
@@ -188,32 +207,87 @@ def _calibrate(cfg: RealignConfig, backend: RolloutBackend | None, out_dir: Path
 def _examples(cfg: RealignConfig, train: TrRaConfig, backend: RolloutBackend | None, reference: str, lam: float,
               out_dir: Path) -> list[DistillExample]:
     """The distillation data: the trace dataset's first rows, as many as training consumes, or the fused teacher's
-    responses at λ (cached)."""
+    responses at λ (with ``adaptive``: at each problem's own λ up to λ), cached."""
     if cfg.traces.data:
         tokenizer = backend.tokenizer if backend is not None else load_tokenizer(reference)
         return from_traces(cfg.traces.load(tokenizer, consumed_rows(train.training)))
     problems = load_benchmark(cfg.train_benchmark, cfg.train_split, cfg.train_limit, cfg.sampling.seed)
+    if cfg.adaptive:
+        caps = policy_caps(cfg.adaptive_policy, problems, lam) if cfg.adaptive_policy else None
+        return generate_adaptive_data(
+            backend, problems, teacher_grid(cfg.adaptive_grid, lam), cfg.sampling, out_dir / ADAPTIVE_DATA, caps=caps,
+            n_samples=cfg.adaptive_samples, min_correct=cfg.adaptive_min_correct, only_correct=cfg.only_correct,
+            prompt=cfg.prompt,
+        ).examples
     return generate_distillation_data(backend, problems, lam, cfg.sampling, out_dir / "distill_data.jsonl",
                                       only_correct=cfg.only_correct, prompt=cfg.prompt)
 
 
-def _summary_rows(results: Path, lam: float) -> list[dict[str, Any]]:
-    from thinkctl.report import load_records, summarize
+def _oracle(fused: Any) -> Any:
+    """The records of the per-problem oracle over the fused grid: for each problem the λ of fewest mean thinking
+    tokens among those with a right answer (the fewest overall when none is right), the ceiling of adaptive TrRa."""
+    import numpy as np
 
-    summary = summarize(load_records([results]))
-    fused = summary[summary["method"] == "fused"].set_index("lam")
-    student = summary[summary["method"] == "student"].iloc[0]
-    rows = [("reference (λ=0)", fused.loc[0.0]), (f"fused teacher (λ={lam:g})", fused.loc[lam]), ("TrRa student", student)]
-    base = float(fused.loc[0.0]["mean_thinking_tokens"])
-    return [
-        {
-            "model": name, "n": int(row["n"]), "accuracy": float(row["accuracy"]),
-            "mean_thinking_tokens": float(row["mean_thinking_tokens"]),
-            "reduction_pct_vs_reference": 100.0 * (1.0 - float(row["mean_thinking_tokens"]) / base) if base else 0.0,
-            "hit_limit": float(row["hit_limit"]),
-        }
-        for name, row in rows
-    ]
+    from thinkctl.stats import oracle_choice
+
+    grid = sorted(fused["lam"].unique())
+    table = fused.groupby(["problem_id", "lam"]).agg(correct=("correct", "mean"), tokens=("thinking_tokens", "mean"))
+    correct = table["correct"].unstack("lam").reindex(columns=grid)
+    complete = correct.notna().all(1)
+    tokens = table["tokens"].unstack("lam").reindex(columns=grid)[complete]
+    choice = oracle_choice(correct[complete].to_numpy() > 0, tokens.to_numpy())
+    chosen = {pid: grid[j] for pid, j in zip(tokens.index, choice)}
+    return fused[[chosen.get(pid) == lam for pid, lam in zip(fused["problem_id"], fused["lam"])]]
+
+
+def _summary_rows(results: Path, lam: float, adaptive: bool = False) -> list[dict[str, Any]]:
+    """Report rows: the reference, the fused teacher at every evaluated λ (λ and, for adaptive data, the grid),
+    the oracle over that grid (adaptive) and the student, each with its figures by level."""
+    from thinkctl.report import load_records
+
+    records = load_records([results])
+    fused = records[records["method"] == "fused"]
+    rows: list[tuple[str, Any]] = [("reference (λ=0)", fused[fused["lam"] == 0.0])]
+    rows += [(f"fused teacher (λ={x:g})", fused[fused["lam"] == x]) for x in sorted(fused["lam"].unique()) if x != 0.0]
+    if adaptive:
+        rows.append((ORACLE, _oracle(fused)))
+    rows.append(("adaptive TrRa student" if adaptive else "TrRa student", records[records["method"] == "student"]))
+    figures = [(name, record_figures(df)) for name, df in rows]
+    base = figures[0][1]["mean_thinking_tokens"]
+    return [{"model": name, **f, "reduction_pct_vs_reference": 100.0 * (1.0 - f["mean_thinking_tokens"] / base) if base else 0.0}
+            for name, f in figures]
+
+
+def student_row(report: dict[str, Any]) -> dict[str, Any]:
+    """The student's row of a round's report."""
+    return next(r for r in report["rows"] if "student" in r["model"])
+
+
+def _levels_table(rows: list[dict[str, Any]]) -> list[str]:
+    levels = sorted({lv for r in rows for lv in r.get("by_level", {})}, key=int)
+    if not levels:
+        return []
+    head = " | ".join(f"L{lv} acc % / think" for lv in levels)
+    lines = ["", f"| model | {head} |", "|---|" + "---|" * len(levels)]
+    for r in rows:
+        cells = [r["by_level"].get(lv) for lv in levels]
+        lines.append(f"| {r['model']} | " + " | ".join(
+            "" if c is None else f"{100 * c['accuracy']:.1f} / {c['mean_thinking_tokens']:.1f}" for c in cells) + " |")
+    return lines
+
+
+def _choices_lines(choices: dict[str, Any] | None) -> list[str]:
+    """The adaptive teacher's λ histogram by level (problems per chosen λ)."""
+    if not choices:
+        return []
+    hist = choices["histogram_by_level"]
+    keys = sorted({k for h in hist.values() for k in h}, key=lambda k: (k == "none", float(k) if k != "none" else 0.0))
+    mean = "none right" if choices["mean_lambda"] is None else f"{choices['mean_lambda']:.3f}"
+    lines = ["", f"Adaptive teacher, problems per chosen λ (grid {choices['grid']}, mean λ {mean}, "
+                 f"{choices['n_examples']} training examples):", "",
+             "| level | " + " | ".join(f"λ={k}" for k in keys) + " |", "|---|" + "---|" * len(keys)]
+    lines += [f"| {level} | " + " | ".join(str(h.get(k, 0)) for k in keys) + " |" for level, h in hist.items()]
+    return lines
 
 
 def _table(rows: list[dict[str, Any]], first: str) -> list[str]:
@@ -234,24 +308,26 @@ def _markdown(report: dict[str, Any]) -> str:
               f"{report['max_new_tokens']} new tokens)", ""]
     note = ("\n'hit limit %' is the share of samples cut off by max_new_tokens: where it is high, a mean thinking length "
             "is the cap in disguise.\n")
-    return "\n".join(lines + _table(report["rows"], "model")) + "\n" + note
+    body = _table(report["rows"], "model") + _levels_table(report["rows"]) + _choices_lines(report.get("teacher_choices"))
+    return "\n".join(lines + body) + "\n" + note
 
 
 def _rounds_markdown(summary: dict[str, Any]) -> str:
     lines = ["# Iterated TrRa report", "", f"- reference (every round): `{summary['reference']}`",
              f"- round 1 aligned: `{summary['aligned']}`; round k ≥ 2 aligned: the student of round k−1", ""]
     rows = [summary["rounds"][0]["rows"][0]] + [
-        {**r["rows"][2], "model": f"round {k} student (λ={r['lambda']:g}, aligned `{r['aligned']}`)"}
+        {**student_row(r), "model": f"round {k} student (λ={r['lambda']:g}, aligned `{r['aligned']}`)"}
         for k, r in enumerate(summary["rounds"], start=1)
     ]
-    return "\n".join(lines + _table(rows, "model")) + "\n\nEach round's own report: `round-k/report.md`.\n"
+    body = _table(rows, "model") + _levels_table(rows)
+    return "\n".join(lines + body) + "\n\nEach round's own report: `round-k/report.md`.\n"
 
 
 #: what a round directory holds, per settings section, in the order its stages build on each other
 #: (see :func:`thinkctl.runs.open_staged_run`)
 WORK = {
     "teacher": ("calibration", "calibration.json"),
-    "data": ("distill_data.jsonl",),
+    "data": ("distill_data.jsonl", ADAPTIVE_DATA, CHOICES_FILE),
     "student": ("student",),
     "eval": ("eval", "report.json", "report.md"),
 }
@@ -281,20 +357,41 @@ def round_settings(cfg: RealignConfig, train: TrRaConfig, reference: str, aligne
         "n_samples": cfg.n_samples, **asked,
     }
     teacher = {"reference": model_identity(reference), "aligned": model_identity(aligned), "lambda": lam, "calibration": calibration}
+    if cfg.adaptive:
+        teacher["adaptive"] = {"grid": list(cfg.adaptive_grid), "samples": cfg.adaptive_samples,
+                               "min_correct": cfg.adaptive_min_correct}
+        if cfg.adaptive_policy:
+            teacher["adaptive"]["policy"] = _file_digest(cfg.adaptive_policy)
     data = {"traces": cfg.traces.identity()} if cfg.traces.data else {
         "benchmark": cfg.train_benchmark, "split": cfg.train_split, "limit": cfg.train_limit, "only_correct": cfg.only_correct, **asked}
     values = asdict(train)
-    student = {**{k: v for k, v in values.items() if k not in ("training", "lambda_")}, "training": train.training.compared()}
+    # λ (and whether it is per example, which teacher.adaptive implies) is the teacher's, compared there
+    student = {**{k: v for k, v in values.items() if k not in ("training", "lambda_", "lambda_per_example")},
+               "training": train.training.compared()}
     evaluation = {"benchmark": benchmark_name(cfg.eval_benchmark), "split": cfg.eval_split, "limit": cfg.eval_limit,
                   "n_problems": len(eval_problems), "problems_sha256": problems_digest(eval_problems),
                   "n_samples": cfg.n_samples, **asked}
     return {"teacher": teacher, "data": data, "student": student, "eval": evaluation}
 
 
+def _file_digest(path: str) -> str:
+    """A file by content (a router policy refitted under the same name is another teacher)."""
+    import hashlib
+
+    try:
+        return hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()[:16]
+    except OSError as e:
+        raise ConfigError(f"realign: cannot read adaptive_policy {path}: {e.strerror}") from None
+
+
 def _check_inputs(cfg: RealignConfig, train: TrRaConfig, reference: str, aligned: str, stage: str) -> None:
-    """What a stage needs, checked before anything loads or generates: the trace file, one vocabulary for the pair
-    (and the student), and for ``--stage eval`` a trained student."""
+    """What a stage needs, checked before anything loads or generates: the trace file or router policy, one
+    vocabulary for the pair (and the student), and for ``--stage eval`` a trained student."""
     cfg.traces.check()
+    if cfg.adaptive_policy:
+        from thinkctl.router.policy import Router
+
+        Router.load(cfg.adaptive_policy)
     tokenizer = load_tokenizer(reference)
     check_same_vocab(tokenizer, load_tokenizer(aligned))
     if stage == "eval":
@@ -314,6 +411,14 @@ def _record_lock(train: TrRaConfig, stage: str) -> Iterator[bool]:
     args = train.training_arguments()
     with args.main_process_first(local=False, desc="realign run settings"):
         yield args.process_index == 0
+
+
+def _teacher_choices(out_dir: Path) -> dict[str, Any] | None:
+    """The adaptive teacher's λ histogram by level, as the data stage saved it (without the per-problem list)."""
+    path = out_dir / CHOICES_FILE
+    if not path.is_file():
+        return None
+    return {k: v for k, v in json.loads(path.read_text()).items() if k != "choices"}
 
 
 def _run_round(cfg: RealignConfig, train: TrRaConfig, reference: str, aligned: str, lam: float | None, out_dir: Path,
@@ -349,7 +454,8 @@ def _run_round(cfg: RealignConfig, train: TrRaConfig, reference: str, aligned: s
         log.info("round %s: distilling towards %s + %s at λ=%g", out_dir.name, reference, aligned, lam)
         examples = _examples(cfg, train, backend, reference, lam, out_dir) if needs_examples else []
         if evaluate:
-            run_sweep(backend, eval_problems, sorted({0.0, lam}), cfg.sampling, eval_path, method="fused",
+            grid = set(teacher_grid(cfg.adaptive_grid, lam)) if cfg.adaptive else set()
+            run_sweep(backend, eval_problems, sorted({0.0, lam} | grid), cfg.sampling, eval_path, method="fused",
                       model=f"{reference} + {aligned}", base=reference, **sweep)
     finally:
         if backend is not None:
@@ -357,7 +463,7 @@ def _run_round(cfg: RealignConfig, train: TrRaConfig, reference: str, aligned: s
     if stage == "data":
         return None
 
-    train = replace(train, lambda_=lam)
+    train = replace(train, lambda_=lam, lambda_per_example=cfg.adaptive)
     student_path = final_student_path(train) if stage == "eval" else train_trra(train, reference, aligned, examples)
     if stage == "train":
         return None
@@ -373,12 +479,14 @@ def _run_round(cfg: RealignConfig, train: TrRaConfig, reference: str, aligned: s
         "target_tokens": cfg.target_tokens, "calibration": calibration.to_dict() if calibration else None,
         "eval_benchmark": eval_bench, "decoding": cfg.decoding(), "max_new_tokens": cfg.sampling.max_new_tokens,
         "n_train_examples": len(examples) if stage == "all" else None,
-        "rows": _summary_rows(eval_path / "results.jsonl", lam),
+        "rows": _summary_rows(eval_path / "results.jsonl", lam, cfg.adaptive),
+        "adaptive": cfg.adaptive,
+        "teacher_choices": _teacher_choices(out_dir) if cfg.adaptive else None,
     }
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_text(out_dir / "report.md", _markdown(report))
     table = "\n".join(_table(report["rows"], "model")) + f"\n\nHeld-out: {eval_bench}, {report['rows'][0]['n']} samples, {cfg.decoding()}."
-    write_card(student_path, trra_card(student_path, reference, aligned, lam, table))
+    write_card(student_path, trra_card(student_path, reference, aligned, lam, table, adaptive=cfg.adaptive))
     return report
 
 

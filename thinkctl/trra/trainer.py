@@ -53,6 +53,8 @@ class TrRaConfig:
     teacher_dtype: str = option("float32", "precision of the frozen reference and aligned teachers")
     gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory")
     lambda_: float = lambda_option(0.5, "fusion weight λ of the teacher the student is distilled towards")
+    lambda_per_example: bool = option(False, "distil each example towards the fused teacher at the λ it was generated "
+                                             "at (adaptive teacher data) instead of lambda_")
     divergence: str = divergence_option()
     jsd_beta: float = jsd_beta_option()
     chunk_size: int = option(1024, "response tokens per loss chunk: peak loss memory ≈ 4 × chunk_size × vocab floats")
@@ -100,6 +102,10 @@ class TrRaTrainer(SummedLossTrainer):
         self.aligned = prepare_frozen(aligned, self.accelerator)
         self.trra = trra
 
+    def _lambda(self, inputs: dict[str, torch.Tensor]) -> float | torch.Tensor:
+        """The fused teacher's λ: one for the run, or one per batch row (``inputs["lam"]``, adaptive data)."""
+        return inputs["lam"] if self.trra.lambda_per_example else self.trra.lambda_
+
     def count_items(self, inputs: dict[str, torch.Tensor]) -> int:
         return int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
 
@@ -122,7 +128,7 @@ class TrRaTrainer(SummedLossTrainer):
             ref_head = heads[1] if self.reference is not None else student_head  # LoRA leaves the lm_head alone
             total = chunked_fused_kd_loss(
                 student_hidden, ref_hidden, aligned_hidden, student_head, ref_head, aligned_head, mask,
-                self.trra.lambda_, self.trra.divergence, self.trra.jsd_beta, self.trra.chunk_size, reduction="sum",
+                self._lambda(inputs), self.trra.divergence, self.trra.jsd_beta, self.trra.chunk_size, reduction="sum",
             )
         return total, mask.sum()
 
@@ -142,6 +148,13 @@ def build_student(reference: PreTrainedModel, cfg: TrRaConfig) -> PreTrainedMode
     return get_peft_model(reference, lora)
 
 
+def collate_with_lambda(rows: list[tuple[Any, int, float]], pad_id: int) -> dict[str, torch.Tensor]:
+    """:func:`thinkctl.batch.collate` of ``(ids, n_prompt, λ)`` rows, plus ``lam``: the teacher's λ per row (float64)."""
+    batch = collate([(ids, n_prompt) for ids, n_prompt, _ in rows], pad_id)
+    batch["lam"] = torch.tensor([lam for _, _, lam in rows], dtype=torch.float64)
+    return batch
+
+
 def make_trainer(
     cfg: TrRaConfig,
     student: Any,
@@ -152,11 +165,22 @@ def make_trainer(
     callbacks: list[TrainerCallback] | None = None,
     args: TrainingArguments | None = None,
 ) -> TrRaTrainer:
-    """A :class:`TrRaTrainer` over ``examples`` encoded with ``tokenizer`` (``args`` default: ``cfg``'s)."""
-    rows = training_examples((encode_example(tokenizer, ex, cfg.max_length) for ex in examples), cfg.max_length, "trra")
+    """A :class:`TrRaTrainer` over ``examples`` encoded with ``tokenizer`` (``args`` default: ``cfg``'s).
+
+    With ``cfg.lambda_per_example`` every example must say its teacher's λ (``DistillExample.lam``).
+    """
+    if cfg.lambda_per_example:
+        unknown = sum(ex.lam is None for ex in examples)
+        if unknown:
+            raise ConfigError(f"trra: lambda_per_example is set but {unknown} of {len(examples)} examples carry no λ "
+                              "(trace datasets have none): distil them at one lambda_ instead")
+    lams = [ex.lam if cfg.lambda_per_example else cfg.lambda_ for ex in examples]
+    encoded = ((*encode_example(tokenizer, ex, cfg.max_length), lam) for ex, lam in zip(examples, lams))
+    rows = training_examples(encoded, cfg.max_length, "trra")
     return TrRaTrainer(
         model=student, args=args or cfg.training_arguments(), train_dataset=ListDataset(rows),
-        data_collator=functools.partial(collate, pad_id=tokenizer.pad_token_id), processing_class=tokenizer, callbacks=callbacks,
+        data_collator=functools.partial(collate_with_lambda, pad_id=tokenizer.pad_token_id), processing_class=tokenizer,
+        callbacks=callbacks,
         reference=reference, aligned=aligned, trra=cfg,
     )
 
@@ -228,5 +252,5 @@ def train_trra(cfg: TrRaConfig, reference: str, aligned: str, examples: list[Dis
     trainer.finish()
     path = save_student(trainer, tokenizer, cfg, {"reference": reference, "aligned": aligned})
     if trainer.accelerator.is_main_process:
-        write_card(path, trra_card(path, reference, aligned, cfg.lambda_))
+        write_card(path, trra_card(path, reference, aligned, cfg.lambda_, adaptive=cfg.lambda_per_example))
     return path
