@@ -293,6 +293,8 @@ def test_cli_sweep_with_controls_and_generate_with_a_control(pair, tmp_path, cap
     assert main(["sweep", "--ref", str(ref), "--aligned", str(al), "--benchmark", _bench(tmp_path), "--controls", "soft,fixed",
                  "--budgets", "4", "--lambdas", "0", "--max-new-tokens", "10", "--out", str(out)]) == 0
     assert "summary.csv" in capsys.readouterr().out and (out / "soft-4" / "run.json").is_file()
+    records = [json.loads(line) for line in (out / "soft-4" / "results.jsonl").read_text().splitlines()]
+    assert records and {r["base"] for r in records} == {str(ref)}  # a control sweep's records name their reference
     assert main(["generate", "--ref", str(ref), "--aligned", str(al), "--control", "soft", "--max-thinking-tokens", "4",
                  "--max-new-tokens", "10", "1 + 2 = <think>"]) == 0
     assert "soft control, λ 0 →" in capsys.readouterr().out

@@ -112,7 +112,7 @@ def _sweep(cfg: SweepConfig, out: str, models: Models, overwrite: bool) -> None:
     out_dir = Path(out)
     if cfg.controls:
         run_control_sweep(cfg, models.open, out_dir, method=models.method, model=models.model, models=models.sources,
-                          overwrite=overwrite)
+                          overwrite=overwrite, base=models.base)
         print((out_dir / "summary.md").read_text(encoding="utf-8"))
         print(f"summary: {out_dir / 'summary.csv'} (one run directory per control and budget under {out_dir})")
         return

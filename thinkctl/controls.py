@@ -130,8 +130,11 @@ def run_control_sweep(
     model: str,
     models: Mapping[str, str] | None = None,
     overwrite: bool = False,
+    base: str | None = None,
 ) -> Path:
     """Run ``cfg``'s control grid into ``out_dir`` (see module docstring); returns ``out_dir/summary.csv``.
+
+    ``base`` is the records' reference model, as for :func:`thinkctl.sweep.run_sweep`.
 
     Every sub-run's settings are checked against its ``run.json`` before the models load, then one
     backend serves all of them.
@@ -148,7 +151,8 @@ def run_control_sweep(
         pending.start()  # nothing is written before the backend has opened (a failed start leaves the directory as it was)
         for name, benchmark_problems in problems.items():
             run_sweep(opened[0], benchmark_problems, sub.lambdas, sub.sampling, sub_dir, benchmark=name, method=method,
-                      model=model, n_samples=sub.n_samples, chunk_size=sub.chunk_size, prompt=sub.prompt, summarize=False)
+                      model=model, n_samples=sub.n_samples, chunk_size=sub.chunk_size, prompt=sub.prompt, summarize=False,
+                      base=base)
         write_sweep_summary(sub_dir)
 
     try:
