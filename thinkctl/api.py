@@ -25,6 +25,7 @@ from typing import Any
 from thinkctl.config import build
 from thinkctl.data import render_prompt
 from thinkctl.errors import ConfigError
+from thinkctl.fusion import validate_lambda
 from thinkctl.prompts import PromptConfig
 from thinkctl.rollout import BackendConfig, Completion, RolloutBackend
 from thinkctl.sampling import SamplingConfig
@@ -390,8 +391,12 @@ def make_trra_trainer(
     if with_lam not in (0, len(rows)):
         raise ConfigError(f"train_dataset: {with_lam} of {len(rows)} rows have a `lam` column; give every row its λ "
                           "(adaptive TrRa) or none (one lambda_ for all)")
-    examples = [DistillExample(prompt=str(r["prompt"]), response=str(r.get("completion", r.get("response"))),
-                               lam=float(r["lam"]) if with_lam else None) for r in rows]
+    try:
+        lams = [validate_lambda(r["lam"]) if with_lam else None for r in rows]
+    except (ConfigError, TypeError, ValueError) as e:
+        raise ConfigError(f"train_dataset: a `lam` value is not a finite number ({e})") from None
+    examples = [DistillExample(prompt=str(r["prompt"]), response=str(r.get("completion", r.get("response"))), lam=lam)
+                for r, lam in zip(rows, lams)]
     use_lora = hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
     cfg = build(TrRaConfig, {**trra, "lambda_": lambda_, "use_lora": use_lora, "lambda_per_example": bool(with_lam)},
                 where="make_trra_trainer(...)")

@@ -96,7 +96,7 @@ def trra_card(path: str | Path, reference: str, aligned: str, lam: float, table:
               adaptive: bool = False) -> str:
     """The card of a TrRa student at ``path``, distilled from the pair (``reference``, ``aligned``) fused at ``lam``
     (``adaptive``: at each training problem's own λ, up to ``lam``)."""
-    at = (f"at each training problem's own λ (the largest λ ≤ {lam:g} of its grid whose answer was verified right: "
+    at = (f"at each training problem's own λ (of a grid up to {lam:g}, the λ of its shortest verified-right answer: "
           "long thinking only where the problem needs it)" if adaptive else f"at λ = {lam:g}")
     measured = table or ("Not evaluated yet: `thinkctl realign` evaluates reference, teacher and student on held-out "
                          "problems and writes the table here.")

@@ -13,8 +13,9 @@ length a problem needs a larger λ buys no tokens, only risk. Answers within :da
 of the shortest right one tie, and the smallest λ of those wins: the most careful teacher at that length.
 
 Every problem is asked at every λ of its grid (the grid's λ up to a cap: the goal's λ, and per problem the λ a
-router policy picks for its prompt, when one is given: the issue's "router policy's λ for that prompt", the
-choice a student can learn from the prompt alone), ``n_samples`` times; a λ counts as right when at least
+router policy picks for its prompt, when one is given: the issue's "router policy's λ for that prompt": the
+router's choice from the query's features, the tiny world's level among them, which its prompt shows),
+``n_samples`` times; a λ counts as right when at least
 ``min_correct`` of its samples are. Responses are appended to a JSONL cache one chunk at a time, seeded per
 problem, λ and sample, and the choices are a pure function of the cache (:func:`choose_lambda`), so an
 interrupted data stage resumes where it stopped and keeps the choices an uninterrupted one makes.
@@ -68,7 +69,7 @@ def policy_caps(policy: str | Path, problems: Sequence[Problem], cap: float | No
     """Per problem the λ a router policy (``thinkctl route fit``) picks for its prompt, at most ``cap``."""
     from thinkctl.router.policy import Router
 
-    router = Router.load(policy)
+    router = Router.load(Path(policy).expanduser())
     caps = {p.id: router.route(p.question, level=p.level) for p in problems}
     return {pid: lam if cap is None else min(lam, cap) for pid, lam in caps.items()}
 
@@ -201,8 +202,10 @@ def generate_adaptive_data(
     examples: list[DistillExample] = []
     for p in problems:
         asked = {lam: exs for lam, exs in by_problem[p.id].items() if lam in own[p.id]}
-        lam = choose_lambda({x: [(bool(ex.correct), int(ex.thinking_tokens or 0)) for ex in exs] for x, exs in asked.items()},
-                            min_correct)
+        # an answer cut off by max_new_tokens is not trained on, so it cannot make its λ right either
+        usable = {x: [(bool(ex.correct) and ex.finish_reason == "stop", int(ex.thinking_tokens or 0)) for ex in exs]
+                  for x, exs in asked.items()}
+        lam = choose_lambda(usable, min_correct)
         choices[p.id] = lam
         if lam is not None:
             examples += [ex for ex in asked[lam] if ex.correct and ex.finish_reason == "stop"]

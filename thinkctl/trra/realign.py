@@ -126,6 +126,10 @@ class RealignConfig:
         if len(goals) > 1 or (not goals and not self.adaptive):
             raise ConfigError("realign: give exactly one of --lambda, --target-tokens and --lambdas-per-round (with "
                               "--adaptive at most one: it caps the adaptive teacher's grid)")
+        if self.adaptive_samples < 1:
+            raise ConfigError(f"realign: adaptive_samples must be ≥ 1, got {self.adaptive_samples}")
+        if not 0.0 < self.adaptive_min_correct <= 1.0:
+            raise ConfigError(f"realign: adaptive_min_correct must be in (0, 1], got {self.adaptive_min_correct}")
         if self.adaptive_policy and not self.adaptive:
             raise ConfigError("realign: adaptive_policy caps the adaptive teacher's λ per problem: set adaptive too")
         if self.adaptive and self.traces.data:
@@ -358,7 +362,7 @@ def round_settings(cfg: RealignConfig, train: TrRaConfig, reference: str, aligne
     }
     teacher = {"reference": model_identity(reference), "aligned": model_identity(aligned), "lambda": lam, "calibration": calibration}
     if cfg.adaptive:
-        teacher["adaptive"] = {"grid": list(cfg.adaptive_grid), "samples": cfg.adaptive_samples,
+        teacher["adaptive"] = {"grid": teacher_grid(cfg.adaptive_grid, lam), "samples": cfg.adaptive_samples,
                                "min_correct": cfg.adaptive_min_correct}
         if cfg.adaptive_policy:
             teacher["adaptive"]["policy"] = _file_digest(cfg.adaptive_policy)
@@ -391,7 +395,7 @@ def _check_inputs(cfg: RealignConfig, train: TrRaConfig, reference: str, aligned
     if cfg.adaptive_policy:
         from thinkctl.router.policy import Router
 
-        Router.load(cfg.adaptive_policy)
+        Router.load(Path(cfg.adaptive_policy).expanduser())
     tokenizer = load_tokenizer(reference)
     check_same_vocab(tokenizer, load_tokenizer(aligned))
     if stage == "eval":

@@ -102,7 +102,7 @@ class TrRaTrainer(SummedLossTrainer):
         self.aligned = prepare_frozen(aligned, self.accelerator)
         self.trra = trra
 
-    def _lambda(self, inputs: dict[str, torch.Tensor]) -> float | torch.Tensor:
+    def _lambda(self, inputs: dict[str, Any]) -> float | list[float]:
         """The fused teacher's λ: one for the run, or one per batch row (``inputs["lam"]``, adaptive data)."""
         return inputs["lam"] if self.trra.lambda_per_example else self.trra.lambda_
 
@@ -149,9 +149,12 @@ def build_student(reference: PreTrainedModel, cfg: TrRaConfig) -> PreTrainedMode
 
 
 def collate_with_lambda(rows: list[tuple[Any, int, float]], pad_id: int) -> dict[str, torch.Tensor]:
-    """:func:`thinkctl.batch.collate` of ``(ids, n_prompt, λ)`` rows, plus ``lam``: the teacher's λ per row (float64)."""
-    batch = collate([(ids, n_prompt) for ids, n_prompt, _ in rows], pad_id)
-    batch["lam"] = torch.tensor([lam for _, _, lam in rows], dtype=torch.float64)
+    """:func:`thinkctl.batch.collate` of ``(ids, n_prompt, λ)`` rows, plus ``lam``: the teacher's λ per row.
+
+    λ stays a list of Python floats: the Trainer casts every float tensor of a batch to DeepSpeed's bf16, which
+    would round a calibrated λ (0.4137 → 0.4141); the loss makes it a float64 tensor itself."""
+    batch: dict[str, Any] = collate([(ids, n_prompt) for ids, n_prompt, _ in rows], pad_id)
+    batch["lam"] = [float(lam) for _, _, lam in rows]
     return batch
 
 
