@@ -374,13 +374,15 @@ def test_schedule_fields_become_the_engines_schedule_with_lambda_source_schedule
     body = {"prompt": "1 + 2 = <think>", "thinking_control": "soft", "thinking_token_budget": 40, "vllm_xargs": {LAMBDA_KEY: 0.0}}
     d = c.decide(body, chat=False)
     assert (d.lam, d.source, d.control) == (0.0, "schedule", "soft") and d.headers()[1] == (SOURCE_HEADER.encode(), b"schedule")
-    sched = body["vllm_xargs"][SCHEDULE_KEY]
+    sched = json.loads(body["vllm_xargs"][SCHEDULE_KEY])  # a JSON string: vllm_xargs values must be flat
     assert sched["control"] == "soft" and sched["budget"] == 40 and sched["cap"] == 40
     assert sched["fast_lambda"] == TABLE["low"], "fast_lambda defaults to the effort table's low"
     assert "thinking_token_budget" not in body and "thinking_control" not in body, "the schedule's cap replaces vLLM's budget"
     assert d.summary()["thinking_control"] == "soft"
     body = {"prompt": "1 =", "thinking_control": "bias", "thinking_token_budget": 10, "fast_lambda": 1.5}
-    assert c.decide(body, chat=False).source == "schedule" and body["vllm_xargs"][SCHEDULE_KEY]["fast_lambda"] == 1.5
+    assert c.decide(body, chat=False).source == "schedule" and json.loads(body["vllm_xargs"][SCHEDULE_KEY])["fast_lambda"] == 1.5
+    completion_request = pytest.importorskip("vllm.entrypoints.openai.completion.protocol").CompletionRequest
+    completion_request(model="m", **body)  # what vLLM's server validates the rewritten body with (a nested object: 400)
     body = {"prompt": "1 =", "thinking_control": "hard", "thinking_token_budget": 10}
     assert c.decide(body, chat=False).source == "default" and body["thinking_token_budget"] == 10
 
@@ -398,7 +400,7 @@ def test_target_mode_starts_where_the_router_predicts_the_target_length(think_mo
     body = {"prompt": "1 + 2 = <think>", "thinking_control": "target", "thinking_target": 65}
     d = c.decide(body, chat=False)
     assert (d.lam, d.source) == (0.5, "schedule") and body["vllm_xargs"][LAMBDA_KEY] == 0.5
-    assert body["vllm_xargs"][SCHEDULE_KEY] == {"control": "target", "budget": 65, "floor": 55, "cap": 75, "fast_lambda": 1.0,
+    assert json.loads(body["vllm_xargs"][SCHEDULE_KEY]) == {"control": "target", "budget": 65, "floor": 55, "cap": 75, "fast_lambda": 1.0,
                                                "ramp_start": 0.3, "ramp_end": 0.7, "target_tolerance": 0.15, "bias_margin": 0.25}
     explicit = {"prompt": "1 =", "thinking_control": "target", "thinking_target": 65, "vllm_xargs": {LAMBDA_KEY: -0.5}}
     assert c.decide(explicit, chat=False).lam == -0.5, "a λ the client chose is the start"

@@ -294,7 +294,7 @@ def test_v2_processor_counts_on_the_device_per_slot_and_maps_rows_after_reorderi
     ({"control": "soft"}, "budget is required"), ({"control": "hard", "budget": 5}, "control must be one of"),
     ({"control": "soft", "budget": 0}, "budget must be an integer"), ({"control": "soft", "budget": 5, "ramp_end": 0.1}, "ramp_start"),
     ({"control": "target", "budget": 5, "fast_lambda": "x"}, "λ"), ({"control": "soft", "budget": 5, "speed": 1}, "unknown"),
-    ("soft", "must be an object"),
+    ("soft", "not valid JSON"), ('["soft", 5]', "must be an object"), ('{"control": "soft"}', "budget is required"),
 ])
 def test_invalid_schedules_are_refused_at_admission_naming_the_key(spec, message):
     from vllm.v1.worker.gpu.sample.logits_processor import build_custom_logits_processors_params_validator

@@ -119,8 +119,11 @@ def schedule_extra_args(sampling: SamplingConfig) -> dict[str, Any]:
         return {}
     budget = s.thinking_target if s.control == "target" else sampling.max_thinking_tokens
     settings = {name: s.value(name) for name in ("fast_lambda", "ramp_start", "ramp_end", "target_tolerance", "bias_margin")}
-    return {SCHEDULE_KEY: {"control": s.control, "budget": budget, "floor": sampling.thinking_floor or 0,
-                           "cap": sampling.thinking_cap or 0, **settings}}
+    schedule = {"control": s.control, "budget": budget, "floor": sampling.thinking_floor or 0,
+                "cap": sampling.thinking_cap or 0, **settings}
+    # a JSON string, not an object: the OpenAI server's request model takes only flat vllm_xargs values (str, number,
+    # list) and answers an object with a 400, so offline requests and served ones carry the schedule alike
+    return {SCHEDULE_KEY: json.dumps(schedule, sort_keys=True)}
 
 
 def replay_schedule(ids: Sequence[int], opened: bool, lam: float, sampling: SamplingConfig,

@@ -28,6 +28,8 @@ tensors, so nothing here branches on a row on the host per step.
 
 from __future__ import annotations
 
+import json
+
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -92,7 +94,9 @@ def _fraction(spec: Mapping[str, Any], key: str) -> float:
 
 
 def parse_schedule(spec: Any) -> RowSchedule:
-    """A request's ``thinkctl_schedule``: ``{"control": "soft"|"bias"|"target", "budget": B or N, ...}``.
+    """A request's ``thinkctl_schedule``: ``{"control": "soft"|"bias"|"target", "budget": B or N, ...}``, as an
+    object or encoded as a JSON string (what :func:`thinkctl.rollout.vllm.schedule_extra_args` and ``serve`` send:
+    the OpenAI server accepts only flat ``vllm_xargs`` values).
 
     Optional keys, defaults as in :class:`thinkctl.sampling.ScheduleConfig`: ``fast_lambda``,
     ``ramp_start``, ``ramp_end`` (soft), ``bias_margin`` (bias), ``target_tolerance`` (target) and
@@ -104,6 +108,11 @@ def parse_schedule(spec: Any) -> RowSchedule:
     differ after a stray ``<think>`` inside the block (vLLM counts it and keeps counting, thinkctl's
     count skips it), and a schedule must stop where its own count, the one its λ follows, says.
     """
+    if isinstance(spec, str):  # how requests carry it (vllm_xargs values are flat); an object works offline too
+        try:
+            spec = json.loads(spec)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"thinkctl_schedule is not valid JSON ({e.msg} at position {e.pos}): {spec!r}") from None
     if not isinstance(spec, Mapping):
         raise ConfigError(f"thinkctl_schedule must be an object with control and budget, got {spec!r}")
     unknown = set(spec) - SCHEDULE_KEYS
