@@ -32,16 +32,15 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from thinkctl.data import PLAIN, Problem, render_prompt
+from thinkctl.data import PLAIN, Problem
 from thinkctl.errors import ConfigError
 from thinkctl.fusion import validate_lambda
-from thinkctl.grading import grade
-from thinkctl.io import append_jsonl, atomic_write_json, drop_partial_tail, iter_jsonl
+from thinkctl.io import append_jsonl, atomic_write_json
 from thinkctl.prompts import PromptConfig
 from thinkctl.rollout.base import RolloutBackend
 from thinkctl.router.policy import TOKEN_TIE
 from thinkctl.sampling import SamplingConfig
-from thinkctl.trra.data import DistillExample
+from thinkctl.trra.data import DistillExample, load_cache, teacher_examples
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +62,14 @@ def teacher_grid(grid: Sequence[float], cap: float | None = None) -> list[float]
     if not values:
         raise ConfigError("adaptive_grid: give at least one λ")
     return sorted(values, reverse=True)
+
+
+def check_adaptive_options(n_samples: int, min_correct: float) -> None:
+    """Raise :class:`ConfigError` for fewer than one sample per λ or a right-share outside (0, 1]."""
+    if n_samples < 1:
+        raise ConfigError(f"adaptive_samples must be ≥ 1, got {n_samples}")
+    if not 0.0 < min_correct <= 1.0:
+        raise ConfigError(f"adaptive_min_correct must be in (0, 1], got {min_correct}")
 
 
 def policy_caps(policy: str | Path, problems: Sequence[Problem], cap: float | None = None) -> dict[str, float]:
@@ -123,11 +130,7 @@ class AdaptiveData:
 
 
 def _read_cache(path: Path, grid: Sequence[float]) -> list[DistillExample]:
-    if not path.exists():
-        return []
-    if drop_partial_tail(path):
-        log.warning("dropped a partial last line from %s (an interrupted write)", path)
-    cached = [DistillExample(**rec) for rec in iter_jsonl(path)]
+    cached = load_cache(path)
     other = {ex.lam for ex in cached} - set(grid)
     if other:
         raise ConfigError(f"{path} holds responses at λ {sorted(other)} outside the teacher's grid {sorted(grid)}: "
@@ -161,10 +164,7 @@ def generate_adaptive_data(
     ``only_correct``, and otherwise answered by its smallest λ's responses (the reference's way, when 0 is in
     the grid). Without a backend the cache must already hold every response (``--stage train``).
     """
-    if n_samples < 1:
-        raise ConfigError(f"adaptive_samples must be ≥ 1, got {n_samples}")
-    if not 0.0 < min_correct <= 1.0:
-        raise ConfigError(f"adaptive_min_correct must be in (0, 1], got {min_correct}")
+    check_adaptive_options(n_samples, min_correct)
     grid = teacher_grid(grid)
     own = {p.id: teacher_grid(grid, caps[p.id]) if caps is not None else grid for p in problems}
     path = Path(path)
@@ -182,17 +182,9 @@ def generate_adaptive_data(
     with tqdm(total=len(todo), desc="adaptive teacher", unit="response", disable=not todo) as bar:
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start : start + chunk_size]
-            prompts = [render_prompt(backend.tokenizer, p.question, prompt) for p, _, _ in chunk]
             seeds = [sampling.seed_for(*_seed_key(p, lam, k)) for p, lam, k in chunk]
-            completions = backend.generate(prompts, [lam for _, lam, _ in chunk], sampling, seeds=seeds)
-            new = []
-            for (problem, lam, k), rendered, completion in zip(chunk, prompts, completions):
-                graded = grade(completion, problem.answer, backend.tokenizer)
-                new.append(DistillExample(
-                    prompt=rendered, response=completion.text, token_ids=list(completion.token_ids),
-                    problem_id=problem.id, lam=lam, correct=graded.correct, thinking_tokens=graded.thinking_tokens,
-                    finish_reason=completion.finish_reason, sample=k,
-                ))
+            new = teacher_examples(backend, [p for p, _, _ in chunk], [lam for _, lam, _ in chunk], sampling, seeds,
+                                   prompt, samples=[k for _, _, k in chunk])
             append_jsonl(path, [asdict(ex) for ex in new])
             for ex in new:
                 by_problem[ex.problem_id][ex.lam].append(ex)

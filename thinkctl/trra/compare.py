@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from thinkctl.errors import ConfigError, DataFormatError
+from thinkctl.records import aggregate
 
 ORACLE = "oracle (cheapest right λ per problem)"
 
@@ -24,13 +25,13 @@ ORACLE = "oracle (cheapest right λ per problem)"
 def record_figures(records: Any) -> dict[str, Any]:
     """Accuracy, mean thinking and the share cut off by the token limit of a frame of sample records, overall and
     by difficulty level: the figures of every row of a realign report."""
-    levels = records.dropna(subset=["level"]) if "level" in records else records.iloc[:0]
-    by_level = {str(int(level)): {"n": len(g), "accuracy": float(g["correct"].mean()),
-                                  "mean_thinking_tokens": float(g["thinking_tokens"].mean())}
-                for level, g in levels.groupby("level")}
-    return {"n": len(records), "accuracy": float(records["correct"].mean()),
-            "mean_thinking_tokens": float(records["thinking_tokens"].mean()),
-            "hit_limit": float((records["finish_reason"] == "length").mean()), "by_level": by_level}
+    levels = aggregate(records.dropna(subset=["level"]), ["level"]).itertuples() if "level" in records else ()
+    by_level = {str(int(r.level)): {"n": int(r.n), "accuracy": float(r.accuracy), "mean_thinking_tokens": float(r.mean_thinking_tokens)}
+                for r in levels}
+    overall = aggregate(records.assign(_all=0), ["_all"]).iloc[0]
+    return {"n": int(overall["n"]), "accuracy": float(overall["accuracy"]),
+            "mean_thinking_tokens": float(overall["mean_thinking_tokens"]), "hit_limit": float(overall["hit_limit"]),
+            "by_level": by_level}
 
 
 def _rounds(run: Path) -> list[tuple[Path, dict[str, Any]]]:

@@ -50,12 +50,43 @@ class DistillExample:
     sample: int = 0
 
 
-def _read_cache(path: Path, lam: float) -> list[DistillExample]:
+def load_cache(path: Path) -> list[DistillExample]:
+    """The teacher responses a cache file holds (none when it does not exist), without a line an interrupted
+    write left half done."""
     if not path.exists():
         return []
     if drop_partial_tail(path):
         log.warning("dropped a partial last line from %s (an interrupted write)", path)
-    examples = [DistillExample(**rec) for rec in iter_jsonl(path)]
+    return [DistillExample(**rec) for rec in iter_jsonl(path)]
+
+
+def teacher_examples(
+    backend: RolloutBackend,
+    problems: Sequence[Problem],
+    lam: float | Sequence[float],
+    sampling: SamplingConfig,
+    seeds: Sequence[int],
+    prompt: PromptConfig = PLAIN,
+    samples: Sequence[int] | None = None,
+) -> list[DistillExample]:
+    """The fused teacher's graded responses to ``problems`` in one backend call: at ``lam`` (or one λ per
+    problem), each seeded by ``seeds``; ``samples`` are their indices among a problem's samples (default 0)."""
+    prompts = [render_prompt(backend.tokenizer, p.question, prompt) for p in problems]
+    completions = backend.generate(prompts, lam, sampling, seeds=seeds)
+    lams = [lam] * len(problems) if isinstance(lam, (int, float)) else list(lam)
+    out = []
+    for problem, rendered, completion, row_lam, k in zip(problems, prompts, completions, lams, samples or [0] * len(problems)):
+        graded = grade(completion, problem.answer, backend.tokenizer)
+        out.append(DistillExample(
+            prompt=rendered, response=completion.text, token_ids=list(completion.token_ids), problem_id=problem.id,
+            lam=row_lam, correct=graded.correct, thinking_tokens=graded.thinking_tokens,
+            finish_reason=completion.finish_reason, sample=k,
+        ))
+    return out
+
+
+def _read_cache(path: Path, lam: float) -> list[DistillExample]:
+    examples = load_cache(path)
     other = {ex.lam for ex in examples} - {lam}
     if other:
         raise ConfigError(
@@ -94,17 +125,8 @@ def generate_distillation_data(
     with tqdm(total=len(todo), desc=f"teacher responses λ={lam:g}", unit="prompt", disable=not todo) as bar:
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start : start + chunk_size]
-            prompts = [render_prompt(backend.tokenizer, p.question, prompt) for p in chunk]
             # seeded by problem, so a resumed cache draws what an uninterrupted one would have
-            completions = backend.generate(prompts, lam, sampling, seeds=[sampling.seed_for(p.id, lam) for p in chunk])
-            new = []
-            for problem, rendered, completion in zip(chunk, prompts, completions):
-                graded = grade(completion, problem.answer, backend.tokenizer)
-                new.append(DistillExample(
-                    prompt=rendered, response=completion.text, token_ids=list(completion.token_ids), problem_id=problem.id,
-                    lam=lam, correct=graded.correct, thinking_tokens=graded.thinking_tokens,
-                    finish_reason=completion.finish_reason,
-                ))
+            new = teacher_examples(backend, chunk, lam, sampling, [sampling.seed_for(p.id, lam) for p in chunk], prompt)
             append_jsonl(path, [asdict(ex) for ex in new])
             cached.extend(new)
             bar.update(len(chunk))

@@ -51,7 +51,9 @@ from thinkctl.rollout import BackendConfig, RolloutBackend
 from thinkctl.runs import open_staged_run
 from thinkctl.sampling import SamplingConfig
 from thinkctl.training import FINAL_DIR, TraceConfig, consumed_rows, launched_processes
-from thinkctl.trra.adaptive import CHOICES_FILE, DEFAULT_ADAPTIVE_GRID, generate_adaptive_data, policy_caps, teacher_grid
+from thinkctl.trra.adaptive import (
+    CHOICES_FILE, DEFAULT_ADAPTIVE_GRID, check_adaptive_options, generate_adaptive_data, policy_caps, teacher_grid,
+)
 from thinkctl.trra.calibrate import DEFAULT_GRID, CalibrationError, CalibrationResult, backend_measure, calibrate_lambda
 from thinkctl.trra.compare import ORACLE, record_figures
 from thinkctl.trra.data import DistillExample, from_traces, generate_distillation_data
@@ -126,10 +128,7 @@ class RealignConfig:
         if len(goals) > 1 or (not goals and not self.adaptive):
             raise ConfigError("realign: give exactly one of --lambda, --target-tokens and --lambdas-per-round (with "
                               "--adaptive at most one: it caps the adaptive teacher's grid)")
-        if self.adaptive_samples < 1:
-            raise ConfigError(f"realign: adaptive_samples must be ≥ 1, got {self.adaptive_samples}")
-        if not 0.0 < self.adaptive_min_correct <= 1.0:
-            raise ConfigError(f"realign: adaptive_min_correct must be in (0, 1], got {self.adaptive_min_correct}")
+        check_adaptive_options(self.adaptive_samples, self.adaptive_min_correct)
         if self.adaptive_policy and not self.adaptive:
             raise ConfigError("realign: adaptive_policy caps the adaptive teacher's λ per problem: set adaptive too")
         if self.adaptive and self.traces.data:
