@@ -50,6 +50,20 @@ def _eval_settings(round_dir: Path) -> dict[str, Any]:
     return {k: settings[k] for k in ("benchmark", "split", "problems_sha256", "n_samples", "sampling")}
 
 
+def levels_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown lines (after a blank one) of accuracy % / mean thinking tokens by level, a row per report row;
+    none when no row has levels."""
+    levels = sorted({lv for r in rows for lv in r.get("by_level", {})}, key=int)
+    if not levels:
+        return []
+    lines = ["", "| model | " + " | ".join(f"L{lv} acc % / think" for lv in levels) + " |", "|---|" + "---|" * len(levels)]
+    for r in rows:
+        cells = [r.get("by_level", {}).get(lv) for lv in levels]
+        lines.append(f"| {r['model']} | " + " | ".join(
+            "" if c is None else f"{100 * c['accuracy']:.1f} / {c['mean_thinking_tokens']:.1f}" for c in cells) + " |")
+    return lines
+
+
 def compare_runs(runs: Mapping[str, str | Path], extra_rows: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """The rows of every run in ``runs`` (name → run directory), the reference once and ``extra_rows`` last.
 
@@ -91,13 +105,7 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
     for r in rows:
         lines.append(f"| {r['model']} | {r['n']} | {100 * r['accuracy']:.1f} | {100 * (r['accuracy'] - ref['accuracy']):+.1f} | "
                      f"{r['mean_thinking_tokens']:.1f} | {r['reduction_pct_vs_reference']:.1f} |")
-    levels = sorted({lv for r in rows for lv in r.get("by_level", {})}, key=int)
-    if levels:
-        lines += ["", "| model | " + " | ".join(f"L{lv} acc % / think" for lv in levels) + " |", "|---|" + "---|" * len(levels)]
-        for r in rows:
-            cells = [r.get("by_level", {}).get(lv) for lv in levels]
-            lines.append(f"| {r['model']} | " + " | ".join(
-                "" if c is None else f"{100 * c['accuracy']:.1f} / {c['mean_thinking_tokens']:.1f}" for c in cells) + " |")
+    lines += levels_table(rows)
     ev = comparison["eval"]
     lines += ["", f"Held-out: {ev['benchmark']} {ev['split']} (problems {ev['problems_sha256']}), {ev['n_samples']} "
                   f"sample(s) per problem, the same for every row."]

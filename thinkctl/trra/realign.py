@@ -45,7 +45,7 @@ from thinkctl.data import benchmark_name, load_benchmark
 from thinkctl.errors import ConfigError
 from thinkctl.fusion import parse_lambda, validate_lambda
 from thinkctl.io import atomic_write_json, atomic_write_text
-from thinkctl.models import check_same_vocab, load_tokenizer
+from thinkctl.models import check_same_vocab, file_fingerprint, load_tokenizer
 from thinkctl.prompts import PromptConfig
 from thinkctl.rollout import BackendConfig, RolloutBackend
 from thinkctl.runs import open_staged_run
@@ -55,7 +55,7 @@ from thinkctl.trra.adaptive import (
     CHOICES_FILE, DEFAULT_ADAPTIVE_GRID, check_adaptive_options, generate_adaptive_data, policy_caps, teacher_grid,
 )
 from thinkctl.trra.calibrate import DEFAULT_GRID, CalibrationError, CalibrationResult, backend_measure, calibrate_lambda
-from thinkctl.trra.compare import ORACLE, record_figures
+from thinkctl.trra.compare import ORACLE, levels_table, record_figures
 from thinkctl.trra.data import DistillExample, from_traces, generate_distillation_data
 from thinkctl.trra.trainer import FINAL_MARKER, TrRaConfig, final_student_path, is_trained, train_trra
 
@@ -266,19 +266,6 @@ def student_row(report: dict[str, Any]) -> dict[str, Any]:
     return next(r for r in report["rows"] if "student" in r["model"])
 
 
-def _levels_table(rows: list[dict[str, Any]]) -> list[str]:
-    levels = sorted({lv for r in rows for lv in r.get("by_level", {})}, key=int)
-    if not levels:
-        return []
-    head = " | ".join(f"L{lv} acc % / think" for lv in levels)
-    lines = ["", f"| model | {head} |", "|---|" + "---|" * len(levels)]
-    for r in rows:
-        cells = [r["by_level"].get(lv) for lv in levels]
-        lines.append(f"| {r['model']} | " + " | ".join(
-            "" if c is None else f"{100 * c['accuracy']:.1f} / {c['mean_thinking_tokens']:.1f}" for c in cells) + " |")
-    return lines
-
-
 def _choices_lines(choices: dict[str, Any] | None) -> list[str]:
     """The adaptive teacher's λ histogram by level (problems per chosen λ)."""
     if not choices:
@@ -311,7 +298,7 @@ def _markdown(report: dict[str, Any]) -> str:
               f"{report['max_new_tokens']} new tokens)", ""]
     note = ("\n'hit limit %' is the share of samples cut off by max_new_tokens: where it is high, a mean thinking length "
             "is the cap in disguise.\n")
-    body = _table(report["rows"], "model") + _levels_table(report["rows"]) + _choices_lines(report.get("teacher_choices"))
+    body = _table(report["rows"], "model") + levels_table(report["rows"]) + _choices_lines(report.get("teacher_choices"))
     return "\n".join(lines + body) + "\n" + note
 
 
@@ -322,7 +309,7 @@ def _rounds_markdown(summary: dict[str, Any]) -> str:
         {**student_row(r), "model": f"round {k} student (λ={r['lambda']:g}, aligned `{r['aligned']}`)"}
         for k, r in enumerate(summary["rounds"], start=1)
     ]
-    body = _table(rows, "model") + _levels_table(rows)
+    body = _table(rows, "model") + levels_table(rows)
     return "\n".join(lines + body) + "\n\nEach round's own report: `round-k/report.md`.\n"
 
 
@@ -364,7 +351,7 @@ def round_settings(cfg: RealignConfig, train: TrRaConfig, reference: str, aligne
         teacher["adaptive"] = {"grid": teacher_grid(cfg.adaptive_grid, lam), "samples": cfg.adaptive_samples,
                                "min_correct": cfg.adaptive_min_correct}
         if cfg.adaptive_policy:
-            teacher["adaptive"]["policy"] = _file_digest(cfg.adaptive_policy)
+            teacher["adaptive"]["policy"] = file_fingerprint(Path(cfg.adaptive_policy).expanduser())  # checked to exist
     data = {"traces": cfg.traces.identity()} if cfg.traces.data else {
         "benchmark": cfg.train_benchmark, "split": cfg.train_split, "limit": cfg.train_limit, "only_correct": cfg.only_correct, **asked}
     values = asdict(train)
@@ -375,16 +362,6 @@ def round_settings(cfg: RealignConfig, train: TrRaConfig, reference: str, aligne
                   "n_problems": len(eval_problems), "problems_sha256": problems_digest(eval_problems),
                   "n_samples": cfg.n_samples, **asked}
     return {"teacher": teacher, "data": data, "student": student, "eval": evaluation}
-
-
-def _file_digest(path: str) -> str:
-    """A file by content (a router policy refitted under the same name is another teacher)."""
-    import hashlib
-
-    try:
-        return hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()[:16]
-    except OSError as e:
-        raise ConfigError(f"realign: cannot read adaptive_policy {path}: {e.strerror}") from None
 
 
 def _check_inputs(cfg: RealignConfig, train: TrRaConfig, reference: str, aligned: str, stage: str) -> None:
