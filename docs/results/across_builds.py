@@ -8,7 +8,9 @@ one table: a row per figure, a column per build, and ``seed 0 [min–max]``.
         --out docs/results/tiny-builds.md
 
 The first build named is the documented one. Figures a build lacks (the router, TrRa and InRa runs are
-made on some builds only) are left blank and out of the range.
+made on some builds only) are left blank and out of the range. ``--include`` carries builds over from an
+earlier table's ``.json`` (builds made on another machine, whose run directories are not here), after
+the ones named.
 """
 
 from __future__ import annotations
@@ -101,11 +103,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("builds", nargs="+", help="LABEL=RUNS_DIR, the documented build first")
     parser.add_argument("--out", required=True, help="markdown file to write (a .json with the same stem too)")
+    parser.add_argument("--include", help="an earlier table's .json: its builds are added after the named ones")
     args = parser.parse_args()
     builds = {}
     for spec in args.builds:
         label, _, path = spec.partition("=")
+        if not Path(path).is_dir():
+            parser.error(f"{spec!r}: {path} is not a run directory (LABEL=RUNS_DIR)")
         builds[label] = build_figures(Path(path))
+    if args.include:
+        for label, figures in json.loads(Path(args.include).read_text(encoding="utf-8")).items():
+            builds.setdefault(label, figures)
     out = Path(args.out)
     out.write_text(table(builds), encoding="utf-8")
     out.with_suffix(".json").write_text(json.dumps(builds, indent=1, default=float), encoding="utf-8")

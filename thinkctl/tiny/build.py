@@ -264,7 +264,9 @@ def build_tiny_pair(out_dir: str | Path | None = None, config: TinyBuildConfig |
         _save(model, tokenizer, path, info)
 
     held_out = load_benchmark("tiny", split="test", limit=cfg.n_eval, seed=cfg.seed) if cfg.n_eval else []
-    summary: dict = {"config": asdict(cfg), "config_digest": cfg.digest(), "torch_threads": torch.get_num_threads()}
+    # the kernels a build trains with (threads, vector ISA) decide its floating-point path: recorded to tell builds apart
+    summary: dict = {"config": asdict(cfg), "config_digest": cfg.digest(), "torch_threads": torch.get_num_threads(),
+                     "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     for name, path in (("solver", pair.solver), ("reference", pair.reference), ("aligned", pair.aligned)):
         summary[name] = json.loads((path / MARKER).read_text())
         summary[name].pop("config", None)
