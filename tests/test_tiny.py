@@ -41,8 +41,8 @@ def test_problems_are_arithmetically_consistent() -> None:
 
 
 def test_traces_grade_correct_and_differ_in_style_and_checks(tokenizer) -> None:
-    """Reference: careful steps then 0–3 checks of the last step; aligned: the whole chain in one equation,
-    only the result written (or careful, unchecked)."""
+    """Reference: careful steps then 0–3 checks of the last step; aligned: the first step careful, the rest
+    in one equation with only the result written (or careful throughout, unchecked)."""
     rng = random.Random(0)
     longs, shorts, long_checks = [], [], []
     for p in generate_problems(300, seed=0, split="test"):
@@ -59,11 +59,15 @@ def test_traces_grade_correct_and_differ_in_style_and_checks(tokenizer) -> None:
         assert not any(o in short for o in CHECK_OPENERS)
         assert short in (fast_trace(p), careful_trace(p, 0))
         fast = fast_steps(p)
-        assert fast.count("=") == 1 and fast.endswith(f"= {p.answer}.")  # no intermediate value is written
-        assert eval(fast.split(". ", 1)[1].split("=")[0]) == int(p.answer)  # the chain is the problem's own
-        assert not any(s.sentence in fast for s in p.steps) and len(fast) < len(careful_steps(p))
-        if p.level == 1:  # one operation: the same sum as the careful equation
-            assert fast == f"Start with {p.start}. {p.steps[0].equation}."
+        first = f"Start with {p.start}. {ORDINALS[0]}, they {p.steps[0].sentence}: {p.steps[0].equation}."
+        assert fast.startswith(first) and careful_steps(p).startswith(first)  # the careful first step, token for token
+        if p.level == 1:
+            assert fast == first
+        else:  # the rest in one equation: only its result written, no intermediate value
+            rest = fast[len(first):]
+            assert rest.count("=") == 1 and rest.endswith(f"= {p.answer}.")
+            assert eval(rest.removeprefix(" Then ").split("=")[0]) == int(p.answer)  # the chain is the problem's own
+            assert not any(s.sentence in rest for s in p.steps) and len(fast) < len(careful_steps(p))
     assert set(long_checks) == {0, 1, 2, 3} and max(set(long_checks), key=long_checks.count) == 3
     assert sum(longs) / len(longs) > 2 * sum(shorts) / len(shorts)
 

@@ -6,7 +6,7 @@ Three stages, each saved as a checkpoint directory:
    (:data:`~thinkctl.tiny.task.SOLVER_CHECK`): the copying and one-step arithmetic everything else
    relies on, and what a check looks like, learnt before any style preference is;
 2. ``reference/``: the solver fine-tuned on reference traces (careful steps, then 0–3 checks);
-3. ``aligned/``: the reference fine-tuned on aligned traces (mostly fast steps, never checks), the
+3. ``aligned/``: the reference fine-tuned on aligned traces (mostly the fast pass, never checks), the
    way real aligned models are fine-tunes of their reference; sharing that ancestry keeps fused
    decoding coherent at intermediate λ. How well it fetches operands without restating them is what
    a model of this size can do, not something the data scripts.

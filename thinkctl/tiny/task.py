@@ -9,12 +9,15 @@ transformer can think about it in two styles:
   written down, so each equation is one one-digit addition or subtraction whose operands sit in the
   text just before it: a 4-layer model learns that almost perfectly, and careful answers stay right
   at every level;
-* **fast**: every operation in one equation, only the result written,
-  ``Start with 12. 12 + 8 - 3 + 5 = 22.`` The digits of the result must be produced in one forward
-  pass each, from a chain of signed operands (numbers are single-digit tokens, as in Qwen2). One
-  operation is the same one-step sum as a careful equation, so level 1 is as reliable as careful and
-  several times shorter; composing four or five operations without the intermediate values is serial
-  work a 4-layer model cannot do in one pass, whatever its seed, its data order or the CPU's kernels.
+* **fast**: the first operation as a careful step, then all the others in one equation, only the
+  result written, ``Start with 12. First, they buy 8 more: 12 + 8 = 20. Then 20 - 3 + 5 = 22.`` The
+  digits of that result must be produced in one forward pass each, from a chain of signed operands
+  (numbers are single-digit tokens, as in Qwen2). Level 1 is the careful step itself, token for token,
+  so the fast thinker is as reliable as the careful one there and several times shorter than the
+  reference; composing three or four operations without the intermediate values is serial work a
+  4-layer model cannot do in one pass, whatever its seed, its data order or the CPU's kernels. (Task
+  version 5 wrote the first operation into the chain too; the one-step sum then shared its output with
+  chains the model cannot compute, and level 1 ranged 25–95% between builds.)
   Fast thinking is therefore nearly free on easy problems and fails on hard ones *by construction*,
   not by how one training run happened to go. Nothing in the training data is wrong: the failures
   are what the model can and cannot compute.
@@ -58,8 +61,8 @@ SOLVER_CHECK = 0.3
 #: P(an aligned trace works carefully, without checks, instead of fast)
 ALIGNED_CAREFUL = 0.1
 
-TASK_VERSION = 5  # part of every build digest: bump it when problems, careful or reference traces change
-FAST_VERSION = 3  # part of the aligned model's digest only: bump it when the fast pass changes
+TASK_VERSION = 6  # part of every build digest: bump it when problems, careful or reference traces change
+FAST_VERSION = 4  # part of the aligned model's digest only: bump it when the fast pass changes
 MAX_VALUE = 59
 MIN_OPERAND, MAX_OPERAND = 2, 9
 MIN_START, MAX_START = 5, 30
@@ -177,10 +180,20 @@ def check_pass(problem: TinyProblem, i: int) -> str:
 
 
 def fast_steps(problem: TinyProblem) -> str:
-    """The fast pass: ``"Start with 12. 12 + 8 - 3 + 5 = 22."``, every operation in one equation and only the
-    result written, so the model must compose the whole chain in the forward passes of the result's digits."""
-    chain = " ".join(f"{s.op} {s.operand}" for s in problem.steps)
-    return f"Start with {problem.start}. {problem.start} {chain} = {problem.answer}."
+    """The fast pass: the first operation as a careful step, then every other one in a single equation with only
+    the result written: ``"Start with 12. First, they buy 8 more: 12 + 8 = 20. Then 20 - 3 + 5 = 22."``.
+
+    The first step is token for token the careful one, so a one-operation problem is solved by exactly the
+    computation the reference does (the fast thinker is right on easy problems by construction), and every
+    fast trace trains that step on a computable target. The chain after ``Then`` is where the shortcut
+    lies: composing two or more operations without writing the intermediate values is serial work a
+    4-layer model cannot do in the forward passes of the result's digits.
+    """
+    first = f"Start with {problem.start}. {clause(problem, 0)}: {problem.steps[0].equation}."
+    if problem.level == 1:
+        return first
+    chain = " ".join(f"{s.op} {s.operand}" for s in problem.steps[1:])
+    return f"{first} Then {problem.steps[0].after} {chain} = {problem.answer}."
 
 
 def _response(problem: TinyProblem, thinking: str) -> str:
