@@ -162,9 +162,14 @@ def generate_problems(n: int, seed: int = 0, split: str = "test") -> list[TinyPr
     return out
 
 
+def careful_step(problem: TinyProblem, i: int) -> str:
+    """Careful step ``i``: its clause restated, then its one equation, ``"First, they buy 8 more: 12 + 8 = 20."``."""
+    return f"{clause(problem, i)}: {problem.steps[i].equation}."
+
+
 def careful_steps(problem: TinyProblem) -> str:
     """The careful pass: ``"Start with 12. First, they buy 8 more: 12 + 8 = 20. Second, …"``."""
-    steps = " ".join(f"{clause(problem, i)}: {s.equation}." for i, s in enumerate(problem.steps))
+    steps = " ".join(careful_step(problem, i) for i in range(problem.level))
     return f"Start with {problem.start}. {steps}"
 
 
@@ -189,7 +194,7 @@ def fast_steps(problem: TinyProblem) -> str:
     lies: composing two or more operations without writing the intermediate values is serial work a
     4-layer model cannot do in the forward passes of the result's digits.
     """
-    first = f"Start with {problem.start}. {clause(problem, 0)}: {problem.steps[0].equation}."
+    first = f"Start with {problem.start}. {careful_step(problem, 0)}"
     if problem.level == 1:
         return first
     chain = " ".join(f"{s.op} {s.operand}" for s in problem.steps[1:])
