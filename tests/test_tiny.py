@@ -261,8 +261,8 @@ def test_router_beats_the_fixed_lambda_frontier(built_pair, demo, tmp_path) -> N
 
     The threshold policy asks for P(correct) ≥ 0.5 at every query, which here is the reference without its
     checks (λ 0.25–0.5) on every level: level 1 costs the fast thinker as many tokens as the careful one
-    (the fast pass's first step *is* the careful step), so at that point the frontier already stands at
-    the oracle's accuracy and there is nothing to gain. Routing pays below it, where the frontier mixes
+    (the fast pass's first step *is* the careful step), so at that point the best fixed λ is within a point of
+    the per-problem oracle and there is nothing to gain. Routing pays below it, where the frontier mixes
     the careful and the fast style at random and a router sends the fast style to the problems it gets
     right.
     """

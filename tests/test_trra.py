@@ -353,7 +353,7 @@ def test_realign_config_needs_exactly_one_goal() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="task version 6, seed-0 build: 63.6 tokens for N 67 and −52.7%, but the student is "
+@pytest.mark.xfail(strict=False, reason="fast style 4, seed-0 build: 63.6 tokens for N 67 and −52.7%, but the student is "
                                         "2.0 points below the reference (96.3 vs 98.3%; docs/results/tiny-builds.md)")
 def test_realign_on_tiny_default_meets_the_target(tmp_path) -> None:
     """Done-means of TrRa on the tiny default pair: target N at the knee of the λ curve, 50% of the

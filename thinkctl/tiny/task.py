@@ -15,8 +15,8 @@ transformer can think about it in two styles:
   (numbers are single-digit tokens, as in Qwen2). Level 1 is the careful step itself, token for token,
   so the fast thinker is as reliable as the careful one there and several times shorter than the
   reference; composing three or four operations without the intermediate values is serial work a
-  4-layer model cannot do in one pass, whatever its seed, its data order or the CPU's kernels. (Task
-  version 5 wrote the first operation into the chain too; the one-step sum then shared its output with
+  4-layer model cannot do in one pass, whatever its seed, its data order or the CPU's kernels. (Fast
+  style 3 wrote the first operation into the chain too; the one-step sum then shared its output with
   chains the model cannot compute, and level 1 ranged 25–95% between builds.)
   Fast thinking is therefore nearly free on easy problems and fails on hard ones *by construction*,
   not by how one training run happened to go. Nothing in the training data is wrong: the failures
