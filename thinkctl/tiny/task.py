@@ -22,7 +22,7 @@ transformer can think about it in two styles:
   not by how one training run happened to go. Nothing in the training data is wrong: the failures
   are what the model can and cannot compute.
 
-On top of that the careful thinker **re-checks**: after the steps it restates the last step and the
+On top of that the careful thinker **re-checks**: after the steps it confirms them and restates the
 answer in up to three verification passes that never change the answer (over-thinking), so that part
 of its length is free to cut.
 
@@ -61,7 +61,7 @@ SOLVER_CHECK = 0.3
 #: P(an aligned trace works carefully, without checks, instead of fast)
 ALIGNED_CAREFUL = 0.1
 
-TASK_VERSION = 5  # part of every build digest: bump it when problems, careful or reference traces change
+TASK_VERSION = 7  # part of every build digest: bump it when problems, careful or reference traces change
 FAST_VERSION = 4  # part of the aligned model's digest only: bump it when the fast pass changes
 MAX_VALUE = 59
 MIN_OPERAND, MAX_OPERAND = 2, 9
@@ -174,14 +174,17 @@ def careful_steps(problem: TinyProblem) -> str:
 
 
 def check_pass(problem: TinyProblem, i: int) -> str:
-    """Verification pass ``i``: the last step and the answer restated, which can only confirm them.
+    """Verification pass ``i``: a confirmation that the steps hold, and the answer restated.
 
-    Each check copies what was written just before it (the last equation, or the previous check), a
-    short-range copy a tiny model does reliably; verbatim redos of the whole pass had to copy across
-    hundreds of tokens and corrupted the answer instead of confirming it.
+    The only value a check writes is the answer, copied from the marker just before it (the last
+    equation's result, or the previous check's "the answer is"), and the final answer copies the last
+    check the same way: every copy is a short one from a unique marker, and no check computes. Task
+    version 5's checks restated the last equation; a miscopied two-digit operand in it became a new
+    result, and the answer followed it (seed 1: 23 of 300 right careful passes turned wrong at λ 0).
+    Checks with no value at all (tried, not kept) left the final answer to copy across all of them, ~80
+    tokens back, and on two of three seeds it did not (7.0% and 66.7% right).
     """
-    last = problem.steps[-1].equation
-    return f"{CHECK_OPENERS[i]} The last step: {last}. So the answer is {problem.answer}. Yes, that is right."
+    return f"{CHECK_OPENERS[i]} The last step is right. So the answer is {problem.answer}. Yes, that is right."
 
 
 def fast_steps(problem: TinyProblem) -> str:
