@@ -13,7 +13,16 @@ from thinkctl.answers import extract_answer
 from thinkctl.grading import is_correct
 from thinkctl.thinking import count_thinking_tokens
 from thinkctl.tiny import TinyBuildConfig, build_tiny_pair, generate_problems, long_trace, short_trace
-from thinkctl.tiny.task import CHECK_OPENERS, MAX_VALUE, ORDINALS, careful_steps, careful_trace, fast_steps, fast_trace
+from thinkctl.tiny.task import (
+    CHECK_OPENERS,
+    MAX_VALUE,
+    ORDINALS,
+    careful_steps,
+    careful_trace,
+    fast_steps,
+    fast_trace,
+    solver_trace,
+)
 from thinkctl.tiny.tokenizer import build_tokenizer
 
 
@@ -137,7 +146,7 @@ def test_build_is_deterministic_resumable_and_loadable(tmp_path) -> None:
 
 
 def test_a_new_fast_pass_retrains_the_aligned_model_alone(tokenizer, monkeypatch) -> None:
-    """The tokenizer's corpus is fixed (not rebuilt from the fast pass) and FAST_VERSION enters the aligned
+    """The tokenizer's corpus is fixed (not rebuilt from the traces) and FAST_VERSION enters the aligned
     digest only, so changing the fast pass keeps the token ids and the solver and reference."""
     import thinkctl.tiny.build as build
     import thinkctl.tiny.task as task
@@ -150,6 +159,30 @@ def test_a_new_fast_pass_retrains_the_aligned_model_alone(tokenizer, monkeypatch
     after = {stage: cfg.digest(stage) for stage in ("solver", "reference", "aligned")}
     assert after["solver"] == before["solver"] and after["reference"] == before["reference"]
     assert after["aligned"] != before["aligned"]
+
+
+def test_new_checks_retrain_reference_and_aligned_but_not_the_solver(tokenizer, monkeypatch) -> None:
+    """The solver's curriculum checks by restating the last equation whatever the reference's checks are, so
+    CHECK_VERSION enters the reference's and aligned model's digests and not the solver's."""
+    import thinkctl.tiny.build as build
+    import thinkctl.tiny.task as task
+
+    cfg = TinyBuildConfig()
+    before = {stage: cfg.digest(stage) for stage in ("solver", "reference", "aligned")}
+    monkeypatch.setattr(task, "check_pass", lambda p, i: "anything else")
+    monkeypatch.setattr(build, "CHECK_VERSION", task.CHECK_VERSION + 1)
+    assert build_tokenizer().get_vocab() == tokenizer.get_vocab()
+    after = {stage: cfg.digest(stage) for stage in ("solver", "reference", "aligned")}
+    assert after["solver"] == before["solver"]
+    assert after["reference"] != before["reference"] and after["aligned"] != before["aligned"]
+
+    rng = random.Random(0)
+    p = generate_problems(5, seed=0, split="train")[4]
+    solver = [solver_trace(p, rng) for _ in range(200)]
+    checked = [t for t in solver if CHECK_OPENERS[0] in t]
+    assert 30 <= len(checked) <= 90 and all(t.count(CHECK_OPENERS[0]) == 1 for t in checked)  # P = SOLVER_CHECK
+    assert all(f"The last step: {p.steps[-1].equation}. So the answer is {p.answer}." in t for t in checked)
+    assert all(t.startswith(f"<think> {careful_steps(p)}") for t in solver)
 
 
 def _shape_records(acc: dict[float, list[float]], think: dict[float, list[float]], n: int = 20):

@@ -2,9 +2,9 @@
 
 Three stages, each saved as a checkpoint directory:
 
-1. ``solver/``: trained from scratch on careful traces, some verified once
-   (:data:`~thinkctl.tiny.task.SOLVER_CHECK`): the copying and one-step arithmetic everything else
-   relies on, and what a check looks like, learnt before any style preference is;
+1. ``solver/``: trained from scratch on careful traces, some verified once by restating the last
+   equation (:func:`~thinkctl.tiny.task.solver_trace`): the copying and one-step arithmetic everything
+   else relies on, learnt before any style preference is;
 2. ``reference/``: the solver fine-tuned on reference traces (careful steps, then 0–3 checks);
 3. ``aligned/``: the reference fine-tuned on aligned traces (mostly the fast pass, never checks), the
    way real aligned models are fine-tunes of their reference; sharing that ancestry keeps fused
@@ -39,14 +39,14 @@ from thinkctl.batch import collate
 from thinkctl.data import Problem, load_benchmark, render_prompt
 from thinkctl.io import atomic_write_json
 from thinkctl.tiny.task import (
+    CHECK_VERSION,
     FAST_VERSION,
-    SOLVER_CHECK,
     TASK_VERSION,
     TinyProblem,
-    careful_trace,
     generate_problems,
     long_trace,
     short_trace,
+    solver_trace,
 )
 from thinkctl.tiny.tokenizer import build_tokenizer
 
@@ -77,13 +77,13 @@ class TinyBuildConfig:
 
     def digest(self, stage: str = "aligned") -> str:
         """Digest of the settings that determine ``stage`` ("solver", "reference" or "aligned")."""
-        fields = {**asdict(self), "task_version": TASK_VERSION, "fast_version": FAST_VERSION}
+        fields = {**asdict(self), "task_version": TASK_VERSION, "check_version": CHECK_VERSION, "fast_version": FAST_VERSION}
         fields.pop("n_eval")
         if stage in ("solver", "reference"):
             for key in ("aligned_steps", "aligned_lr", "fast_version"):
                 fields.pop(key)
         if stage == "solver":
-            for key in ("style_steps", "style_lr"):
+            for key in ("style_steps", "style_lr", "check_version"):
                 fields.pop(key)
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -138,7 +138,7 @@ def encode_examples(
     for p in problems:
         prompt = tokenizer(render_prompt(tokenizer, p.question), add_special_tokens=False)["input_ids"]
         if style == "careful":
-            response = careful_trace(p, int(rng.random() < SOLVER_CHECK))
+            response = solver_trace(p, rng)
         else:
             response = long_trace(p, rng) if style == "long" else short_trace(p, rng)
         ids = prompt + tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]

@@ -56,12 +56,13 @@ ORDINALS = ["First", "Second", "Third", "Fourth", "Fifth"]
 CHECK_OPENERS = ("Wait, let me double-check.", "Hmm, let me verify that again.", "Let me check once more.")
 #: P(0, 1, 2, 3 verification passes) in a reference trace: greedy checks 3 times, each check a weak preference
 CHECK_WEIGHTS = (0.1, 0.2, 0.3, 0.4)
-#: P(a solver trace verifies once): the solver learns to copy a check before the reference prefers checking
+#: P(a solver trace verifies once, with an equation check): the solver learns to copy before the reference checks
 SOLVER_CHECK = 0.3
 #: P(an aligned trace works carefully, without checks, instead of fast)
 ALIGNED_CAREFUL = 0.1
 
-TASK_VERSION = 7  # part of every build digest: bump it when problems, careful or reference traces change
+TASK_VERSION = 5  # part of every build digest: bump it when problems, careful or solver traces change
+CHECK_VERSION = 2  # the reference's and aligned model's digests only: bump it when check_pass changes
 FAST_VERSION = 4  # part of the aligned model's digest only: bump it when the fast pass changes
 MAX_VALUE = 59
 MIN_OPERAND, MAX_OPERAND = 2, 9
@@ -173,14 +174,28 @@ def careful_steps(problem: TinyProblem) -> str:
     return f"Start with {problem.start}. {steps}"
 
 
+def equation_check(problem: TinyProblem, i: int) -> str:
+    """Check ``i`` of task version 5: the last equation and the answer restated. The solver's curriculum only.
+
+    Copying the equation written just before is the easiest copy in the task, and it is what the solver's
+    checked traces (:data:`SOLVER_CHECK`) have always held: solvers trained with it learnt the clause
+    copies every careful step needs on every build measured (levels 4–5 right on 20, 20 and 19 of 20
+    problems, seeds 0–2), while solvers whose checked traces held :func:`check_pass` instead failed
+    to on two of three (0 and 3 of 20). The reference does not keep it: a miscopied two-digit operand
+    becomes a new result that the answer follows.
+    """
+    last = problem.steps[-1].equation
+    return f"{CHECK_OPENERS[i]} The last step: {last}. So the answer is {problem.answer}. Yes, that is right."
+
+
 def check_pass(problem: TinyProblem, i: int) -> str:
-    """Verification pass ``i``: a confirmation that the steps hold, and the answer restated.
+    """The reference's verification pass ``i``: a confirmation that the steps hold, and the answer restated.
 
     The only value a check writes is the answer, copied from the marker just before it (the last
     equation's result, or the previous check's "the answer is"), and the final answer copies the last
-    check the same way: every copy is a short one from a unique marker, and no check computes. Task
-    version 5's checks restated the last equation; a miscopied two-digit operand in it became a new
-    result, and the answer followed it (seed 1: 23 of 300 right careful passes turned wrong at λ 0).
+    check the same way: every copy is a short one from a unique marker, and no check computes.
+    :func:`equation_check` restated the last equation; a miscopied two-digit operand in it became a new
+    result that the answer followed (seed 1: 23 of 300 right careful passes turned wrong at λ 0).
     Checks with no value at all (tried, not kept) left the final answer to copy across all of them, ~80
     tokens back, and on two of three seeds it did not (7.0% and 66.7% right).
     """
@@ -209,8 +224,14 @@ def _response(problem: TinyProblem, thinking: str) -> str:
 
 
 def careful_trace(problem: TinyProblem, checks: int) -> str:
-    """Careful steps followed by ``checks`` verification passes."""
+    """Careful steps followed by ``checks`` verification passes (:func:`check_pass`)."""
     return _response(problem, " ".join([careful_steps(problem), *(check_pass(problem, i) for i in range(checks))]))
+
+
+def solver_trace(problem: TinyProblem, rng: random.Random) -> str:
+    """The solver's curriculum: careful steps, with probability :data:`SOLVER_CHECK` one :func:`equation_check`."""
+    checks = [equation_check(problem, 0)] if rng.random() < SOLVER_CHECK else []
+    return _response(problem, " ".join([careful_steps(problem), *checks]))
 
 
 def fast_trace(problem: TinyProblem) -> str:

@@ -23,7 +23,6 @@ from transformers import Qwen2Tokenizer
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 from thinkctl.tiny.task import (
-    CHECK_OPENERS,
     CHECK_WEIGHTS,
     ORDINALS,
     THINK_CLOSE,
@@ -31,6 +30,7 @@ from thinkctl.tiny.task import (
     TinyProblem,
     careful_steps,
     clause,
+    equation_check,
     generate_problems,
     short_trace,
 )
@@ -60,12 +60,9 @@ def _paired_steps(problem: TinyProblem) -> str:
 
 
 def _checked_steps(problem: TinyProblem, rng: random.Random) -> str:
-    """The reference's response of task version 5: careful steps, then 0–3 checks that restated the last
-    equation (``The last step: 14 - 8 = 6. So the answer is 6. Yes, that is right.``)."""
+    """The reference's response of task version 5: careful steps, then 0–3 :func:`equation_check` passes."""
     checks = rng.choices(range(len(CHECK_WEIGHTS)), weights=CHECK_WEIGHTS)[0]
-    last = problem.steps[-1].equation
-    passes = [f"{CHECK_OPENERS[i]} The last step: {last}. So the answer is {problem.answer}. Yes, that is right." for i in range(checks)]
-    thinking = " ".join([careful_steps(problem), *passes])
+    thinking = " ".join([careful_steps(problem), *(equation_check(problem, i) for i in range(checks))])
     return f"{THINK_OPEN} {thinking} {THINK_CLOSE} The answer is \\boxed{{{problem.answer}}}."
 
 
