@@ -61,9 +61,9 @@ def test_traces_grade_correct_and_differ_in_style_and_checks(tokenizer) -> None:
             ids = tokenizer(trace, add_special_tokens=False)["input_ids"]
             assert tokenizer.decode(ids) == trace
             bucket.append(count_thinking_tokens(ids, tokenizer))
-        assert long.startswith(f"<think> {careful_steps(p)} So the answer is {p.answer}.")
+        assert long.startswith(f"<think> {careful_steps(p)}")
         checks = sum(o in long for o in CHECK_OPENERS)
-        assert long.count(f"right. So the answer is {p.answer}.") == checks
+        assert long.count(f"The last step is right. So the answer is {p.answer}.") == checks
         assert long.count("=") == p.level  # checks compute nothing: the careful equations are the only ones
         long_checks.append(checks)
         assert not any(o in short for o in CHECK_OPENERS)

@@ -62,7 +62,7 @@ SOLVER_CHECK = 0.3
 ALIGNED_CAREFUL = 0.1
 
 TASK_VERSION = 5  # part of every build digest: bump it when problems, careful or solver traces change
-CHECK_VERSION = 3  # the reference's and aligned model's digests only: bump it when check_pass changes
+CHECK_VERSION = 2  # the reference's and aligned model's digests only: bump it when check_pass changes
 FAST_VERSION = 4  # part of the aligned model's digest only: bump it when the fast pass changes
 MAX_VALUE = 59
 MIN_OPERAND, MAX_OPERAND = 2, 9
@@ -188,25 +188,18 @@ def equation_check(problem: TinyProblem, i: int) -> str:
     return f"{CHECK_OPENERS[i]} The last step: {last}. So the answer is {problem.answer}. Yes, that is right."
 
 
-def conclusion(problem: TinyProblem) -> str:
-    """What the careful pass concludes, ``"So the answer is 22."``: the result copied from the equation just before it."""
-    return f"So the answer is {problem.answer}."
-
-
 def check_pass(problem: TinyProblem, i: int) -> str:
     """The reference's verification pass ``i``: a confirmation that the steps hold, and the answer restated.
 
-    The only value a check writes is the answer, copied from the previous "So the answer is" (the
-    :func:`conclusion` or the check before), the same marker each time, and the final answer copies
-    the last one: no check computes, and every copy is an exact repeat of a marked span.
+    The only value a check writes is the answer, copied from the marker just before it (the last
+    equation's result, or the previous check's "the answer is"), and the final answer copies the last
+    check the same way: every copy is a short one from a unique marker, and no check computes.
     :func:`equation_check` restated the last equation; a miscopied two-digit operand in it became a new
-    result that the answer followed (seed 1: 23 of 300 right careful passes turned wrong at λ 0). A
-    check that copied the answer from the last equation, 16 tokens back, missed it on seed 1 ("= 3."
-    then "So the answer is 31"). Checks with no value at all left the final answer to copy across all
-    of them, ~80 tokens back, and on two of three seeds it did not (7.0% and 66.7% right).
+    result that the answer followed (seed 1: 23 of 300 right careful passes turned wrong at λ 0).
+    Checks with no value at all (tried, not kept) left the final answer to copy across all of them, ~80
+    tokens back, and on two of three seeds it did not (7.0% and 66.7% right).
     """
-    return (f"{CHECK_OPENERS[i]} The last step is right, and the first step is right. "
-            f"So the answer is {problem.answer}. Yes, that is right.")
+    return f"{CHECK_OPENERS[i]} The last step is right. So the answer is {problem.answer}. Yes, that is right."
 
 
 def fast_steps(problem: TinyProblem) -> str:
@@ -231,9 +224,8 @@ def _response(problem: TinyProblem, thinking: str) -> str:
 
 
 def careful_trace(problem: TinyProblem, checks: int) -> str:
-    """Careful steps, their :func:`conclusion`, then ``checks`` verification passes (:func:`check_pass`)."""
-    checked = (check_pass(problem, i) for i in range(checks))
-    return _response(problem, " ".join([careful_steps(problem), conclusion(problem), *checked]))
+    """Careful steps followed by ``checks`` verification passes (:func:`check_pass`)."""
+    return _response(problem, " ".join([careful_steps(problem), *(check_pass(problem, i) for i in range(checks))]))
 
 
 def solver_trace(problem: TinyProblem, rng: random.Random) -> str:
