@@ -23,8 +23,9 @@ transformer can think about it in two styles:
   are what the model can and cannot compute.
 
 On top of that the careful thinker **re-checks**: after the steps it confirms them and restates the
-answer in up to three verification passes that never change the answer (over-thinking), so that part
-of its length is free to cut.
+answer in up to three verification passes that compute nothing and so never change the answer
+(over-thinking): that part of its length is free to cut. The solver it is fine-tuned from learnt its
+copying on checks that restate the last equation (:func:`solver_trace`).
 
 The two styles of the pair:
 
