@@ -265,6 +265,19 @@ def test_calibration_finds_lambda_of_known_length_function(tmp_path, word_tokeni
     assert again.lam == res.lam and len(backend.calls) == n_calls  # every λ measured before is reused from disk
 
 
+def test_calibration_bisects_out_of_a_plateau() -> None:
+    """The tiny world's curve: checks dropped by λ 0.25, then flat at the unchecked length until the cliff.
+    Interpolating from the flat end alone moves it by a sliver each time (0.445, 0.396, 0.352, 0.313 … all
+    61 tokens, the seed-0 build's calibration before the fix); bisection gets to the slope."""
+
+    def length(lam: float) -> float:
+        return 140.0 - (140.0 - 61.0) * min(lam / 0.25, 1.0) if lam < 1.0 else 39.0
+
+    res = calibrate_lambda(lambda lam: LengthPoint(lam, length(lam), 1.0, 64), 70.0, grid=[0.0, 0.5, 1.0, 1.5])
+    assert res.reachable and abs(res.mean_thinking_tokens - 70.0) <= 0.03 * 70.0, res
+    assert 0.2 < res.lam < 0.25
+
+
 @pytest.mark.parametrize("target,side", [(80.0, "longer than the longest"), (2.0, "shorter than the shortest")])
 def test_unreachable_target_reports_closest(target: float, side: str) -> None:
     def measure(lam: float) -> LengthPoint:
