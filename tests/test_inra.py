@@ -403,6 +403,9 @@ def test_dial_check_finds_the_free_region_and_the_cliff() -> None:
     assert check["cliff_lambda"] == 1.0
     assert not dial_check(summary.assign(accuracy=[0.95, 0.90, 0.80, 0.40]), grid)["passed"]  # no λ cuts 40% within 2 points
     assert not dial_check(summary.assign(mean_thinking_tokens=[200.0, 100.0, 100.0, 30.0]), grid)["passed"]  # not monotone
+    # past λ = 1 the short path's style is the floor: a rise within 2% is noise, a larger one is not
+    assert dial_check(summary.assign(mean_thinking_tokens=[200.0, 100.0, 38.7, 39.4]), grid)["monotone"]
+    assert not dial_check(summary.assign(mean_thinking_tokens=[200.0, 100.0, 38.7, 40.0]), grid)["monotone"]
     with pytest.raises(ConfigError, match="no results at λ"):
         dial_check(summary)  # the default grid has λ = 0.25 too
 

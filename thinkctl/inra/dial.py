@@ -26,10 +26,13 @@ def run_inra_sweep(cfg: SweepConfig, inra_path: str | Path, out_dir: str | Path)
 
 
 def dial_check(summary: Any, lambdas: Sequence[float] = DIAL_LAMBDAS, min_reduction_pct: float = 40.0,
-               max_accuracy_drop_pts: float = 2.0, cliff_drop_pts: float = 10.0) -> dict[str, Any]:
+               max_accuracy_drop_pts: float = 2.0, cliff_drop_pts: float = 10.0,
+               floor_rise_pct: float = 2.0) -> dict[str, Any]:
     """Whether a sweep summary (``thinkctl.report.summarize`` of one benchmark+method) is a working dial.
 
-    A dial: mean thinking tokens fall strictly at every step of ``lambdas``, and some λ thinks at least
+    A dial: mean thinking tokens fall strictly at every step of ``lambdas`` up to λ = 1 and do not rise by
+    more than ``floor_rise_pct`` % past it (extrapolating beyond the short path leaves nothing to cut: its
+    style is the floor, and a few tenths of a token either way are noise there), and some λ thinks at least
     ``min_reduction_pct`` % less than λ = 0 with accuracy at most ``max_accuracy_drop_pts`` points lower
     (the free region; the largest such reduction is reported). The cliff is the first λ whose accuracy
     is more than ``cliff_drop_pts`` below λ = 0's (None when the grid never falls that far): users steer
@@ -41,7 +44,6 @@ def dial_check(summary: Any, lambdas: Sequence[float] = DIAL_LAMBDAS, min_reduct
         raise ConfigError(f"the sweep has no results at λ {missing}")
     thinking = {lam: float(rows[lam]["mean_thinking_tokens"]) for lam in lambdas}
     accuracy = {lam: 100.0 * float(rows[lam]["accuracy"]) for lam in lambdas}
-    values = [thinking[lam] for lam in lambdas]
     reduction = {lam: 100.0 * (1 - thinking[lam] / thinking[0.0]) if thinking[0.0] else 0.0 for lam in lambdas}
     drop = {lam: accuracy[0.0] - accuracy[lam] for lam in lambdas}
     free = [lam for lam in lambdas if drop[lam] <= max_accuracy_drop_pts]
@@ -51,7 +53,10 @@ def dial_check(summary: Any, lambdas: Sequence[float] = DIAL_LAMBDAS, min_reduct
         "mean_thinking_tokens": thinking,
         "accuracy_pct": accuracy,
         "n": {lam: int(rows[lam]["n"]) for lam in lambdas},
-        "monotone": all(a > b for a, b in zip(values, values[1:])),
+        "monotone": all(
+            thinking[a] > thinking[b] if b <= 1.0 else thinking[b] <= thinking[a] * (1 + floor_rise_pct / 100)
+            for a, b in zip(lambdas, lambdas[1:])
+        ),
         "free_lambda": best,
         "free_reduction_pct": reduction[best],
         "free_accuracy_drop_pts": drop[best],
