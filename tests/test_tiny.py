@@ -279,7 +279,8 @@ def test_demo_has_the_structural_shape(demo) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="@@SHAPE@@")
+@pytest.mark.xfail(strict=False, reason="check version 2: 7 of 7 criteria on the seed-0 build, 6 on seed 2 (the demo's level 5 "
+                                        "85.0%), 5 on seed 1 (its first check miscopies the answer: λ 0 96.0% vs λ 0.25 98.7%)")
 def test_demo_has_the_documented_shape(demo) -> None:
     """Every criterion of :func:`thinkctl.tiny.shape.check_shape` (what ``thinkctl demo`` prints) holds."""
     shape = json.loads((demo[1] / "shape.json").read_text())

@@ -4,7 +4,8 @@ Mean thinking length falls as λ rises on the range that matters (the reference 
 λ = 0), but not necessarily everywhere: far past λ = 1 extrapolation can degenerate. So the search
 measures a small λ grid first, takes the first adjacent pair of grid points whose lengths straddle the
 target (the monotone part), and refines inside it by interpolation, falling back to bisection when
-interpolation would land too near an end or has moved the same end twice in a row (a plateau). Each measurement is a sweep at one λ on the calibration
+interpolation would land too near an end, lands on a plateau (the end it replaces had the same length)
+or has moved the same end twice in a row. Each measurement is a sweep at one λ on the calibration
 split with the run's own sampling (and samples per problem), recorded through
 :func:`thinkctl.sweep.run_sweep`, so a rerun reuses every λ already measured.
 
@@ -124,25 +125,29 @@ def calibrate_lambda(
             res,
         )
     lo, hi = bracket
-    last_moved = None  # which end the previous refinement replaced
+    last_moved, bisect = None, False
     for _ in range(max_refinements):
         if min(abs(p.mean_thinking_tokens - target_tokens) for p in (lo, hi)) <= rel_tol * target_tokens:
             break
         span = hi.mean_thinking_tokens - lo.mean_thinking_tokens
         frac = (target_tokens - lo.mean_thinking_tokens) / span if span else 0.5
-        if not 0.1 <= frac <= 0.9 or last_moved == "twice":
+        if bisect or not 0.1 <= frac <= 0.9:
             frac = 0.5
         mid = at(lo.lam + frac * (hi.lam - lo.lam))
         if mid.lam in (lo.lam, hi.lam):
             break
         moved = "hi" if (lo.mean_thinking_tokens - target_tokens) * (mid.mean_thinking_tokens - target_tokens) <= 0 else "lo"
+        replaced = hi if moved == "hi" else lo
+        # Length curves have plateaus (a style that stops changing over a λ range): interpolation towards a
+        # plateau keeps landing on it, moving one end by a sliver at the same length. Bisect after such a step,
+        # or after the same end moved twice in a row.
+        flat = abs(mid.mean_thinking_tokens - replaced.mean_thinking_tokens) <= rel_tol * target_tokens
+        bisect = flat or moved == last_moved
+        last_moved = None if bisect else moved
         if moved == "hi":
             hi = mid
         else:
             lo = mid
-        # Length curves have plateaus (a style that stops changing over a λ range): interpolation towards a
-        # plateau keeps landing on it and moves the same end by a sliver each time. Bisect after two in a row.
-        last_moved = "twice" if moved == last_moved else moved
     return result(reachable=True)
 
 
