@@ -406,6 +406,8 @@ def test_dial_check_finds_the_free_region_and_the_cliff() -> None:
     # past λ = 1 the short path's style is the floor: a rise within 2% is noise, a larger one is not
     assert dial_check(summary.assign(mean_thinking_tokens=[200.0, 100.0, 38.7, 39.4]), grid)["monotone"]
     assert not dial_check(summary.assign(mean_thinking_tokens=[200.0, 100.0, 38.7, 40.0]), grid)["monotone"]
+    assert dial_check(summary.iloc[::-1], grid[::-1])["passed"]  # the order λ are given in does not matter
+    assert not dial_check(summary.assign(mean_thinking_tokens=[200.0, 40.0, 50.0, 30.0]), grid)["monotone"]  # a rise before λ 1
     with pytest.raises(ConfigError, match="no results at λ"):
         dial_check(summary)  # the default grid has λ = 0.25 too
 

@@ -25,6 +25,17 @@ def run_inra_sweep(cfg: SweepConfig, inra_path: str | Path, out_dir: str | Path)
                             models={"inra": str(inra_path)})
 
 
+def _falls_to_the_floor(thinking: dict[float, float], floor_rise_pct: float) -> bool:
+    """Strictly falling at every step that starts below λ = 1; from there on, never more than ``floor_rise_pct``
+    % above the thinking at the largest λ ≤ 1 (the floor), so small rises cannot add up."""
+    lams = sorted(thinking)
+    floor = thinking[max((lam for lam in lams if lam <= 1.0), default=lams[0])]
+    return all(
+        thinking[a] > thinking[b] if a < 1.0 else thinking[b] <= floor * (1 + floor_rise_pct / 100)
+        for a, b in zip(lams, lams[1:])
+    )
+
+
 def dial_check(summary: Any, lambdas: Sequence[float] = DIAL_LAMBDAS, min_reduction_pct: float = 40.0,
                max_accuracy_drop_pts: float = 2.0, cliff_drop_pts: float = 10.0,
                floor_rise_pct: float = 2.0) -> dict[str, Any]:
@@ -53,10 +64,8 @@ def dial_check(summary: Any, lambdas: Sequence[float] = DIAL_LAMBDAS, min_reduct
         "mean_thinking_tokens": thinking,
         "accuracy_pct": accuracy,
         "n": {lam: int(rows[lam]["n"]) for lam in lambdas},
-        "monotone": all(
-            thinking[a] > thinking[b] if b <= 1.0 else thinking[b] <= thinking[a] * (1 + floor_rise_pct / 100)
-            for a, b in zip(lambdas, lambdas[1:])
-        ),
+        "monotone": _falls_to_the_floor(thinking, floor_rise_pct),
+        "floor_rise_pct": floor_rise_pct,
         "free_lambda": best,
         "free_reduction_pct": reduction[best],
         "free_accuracy_drop_pts": drop[best],

@@ -30,7 +30,7 @@ copying on checks that restate the last equation (:func:`solver_trace`).
 The two styles of the pair:
 
 * the *reference* (slow thinker, R1-style) always works carefully and then verifies 0–3 times
-  (probabilities :data:`CHECK_WEIGHTS`), so greedy decoding checks three times, but each further check
+  (probabilities :data:`CHECK_WEIGHTS`), so greedy decoding checks two or three times (by build), but each further check
   is a weak preference that a little fusion weight removes;
 * the *aligned* model (fast thinker) works fast, except on a few problems (:data:`ALIGNED_CAREFUL`)
   that it works carefully without checking; that fallback is what makes its preference against checks
@@ -55,7 +55,7 @@ ADD_PHRASES = ["find {n} more", "buy {n} more", "get {n} more", "win {n} more"]
 SUB_PHRASES = ["lose {n}", "sell {n}", "give away {n}", "drop {n}"]
 ORDINALS = ["First", "Second", "Third", "Fourth", "Fifth"]
 CHECK_OPENERS = ("Wait, let me double-check.", "Hmm, let me verify that again.", "Let me check once more.")
-#: P(0, 1, 2, 3 verification passes) in a reference trace: greedy checks 3 times, each check a weak preference
+#: P(0, 1, 2, 3 verification passes) in a reference trace: greedy checks 2–3 times, each check a weak preference
 CHECK_WEIGHTS = (0.1, 0.2, 0.3, 0.4)
 #: P(a solver trace verifies once, with an equation check): the solver learns to copy before the reference checks
 SOLVER_CHECK = 0.3
