@@ -224,15 +224,15 @@ def _response(problem: TinyProblem, thinking: str) -> str:
     return f"{THINK_OPEN} {thinking} {THINK_CLOSE} The answer is \\boxed{{{problem.answer}}}."
 
 
-def careful_trace(problem: TinyProblem, checks: int) -> str:
-    """Careful steps followed by ``checks`` verification passes (:func:`check_pass`)."""
-    return _response(problem, " ".join([careful_steps(problem), *(check_pass(problem, i) for i in range(checks))]))
+def careful_trace(problem: TinyProblem, checks: int, check: Callable[[TinyProblem, int], str] | None = None) -> str:
+    """Careful steps followed by ``checks`` verification passes: :func:`check_pass`, or ``check`` if given."""
+    check = check or check_pass
+    return _response(problem, " ".join([careful_steps(problem), *(check(problem, i) for i in range(checks))]))
 
 
 def solver_trace(problem: TinyProblem, rng: random.Random) -> str:
     """The solver's curriculum: careful steps, with probability :data:`SOLVER_CHECK` one :func:`equation_check`."""
-    checks = [equation_check(problem, 0)] if rng.random() < SOLVER_CHECK else []
-    return _response(problem, " ".join([careful_steps(problem), *checks]))
+    return careful_trace(problem, int(rng.random() < SOLVER_CHECK), check=equation_check)
 
 
 def fast_trace(problem: TinyProblem) -> str:
@@ -240,9 +240,10 @@ def fast_trace(problem: TinyProblem) -> str:
     return _response(problem, fast_steps(problem))
 
 
-def long_trace(problem: TinyProblem, rng: random.Random) -> str:
-    """The reference's response: careful steps, then 0–3 verification passes (:data:`CHECK_WEIGHTS`)."""
-    return careful_trace(problem, rng.choices(range(len(CHECK_WEIGHTS)), weights=CHECK_WEIGHTS)[0])
+def long_trace(problem: TinyProblem, rng: random.Random, check: Callable[[TinyProblem, int], str] | None = None) -> str:
+    """The reference's response: careful steps, then 0–3 verification passes (:data:`CHECK_WEIGHTS`) written by
+    :func:`check_pass`, or by ``check`` (e.g. an earlier version of it)."""
+    return careful_trace(problem, rng.choices(range(len(CHECK_WEIGHTS)), weights=CHECK_WEIGHTS)[0], check)
 
 
 def short_trace(problem: TinyProblem, rng: random.Random, steps: Callable[[TinyProblem], str] | None = None) -> str:

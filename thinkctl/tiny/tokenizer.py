@@ -23,15 +23,14 @@ from transformers import Qwen2Tokenizer
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 from thinkctl.tiny.task import (
-    CHECK_WEIGHTS,
     ORDINALS,
     THINK_CLOSE,
     THINK_OPEN,
     TinyProblem,
-    careful_steps,
     clause,
     equation_check,
     generate_problems,
+    long_trace,
     short_trace,
 )
 
@@ -59,18 +58,11 @@ def _paired_steps(problem: TinyProblem) -> str:
     return " ".join(parts)
 
 
-def _checked_steps(problem: TinyProblem, rng: random.Random) -> str:
-    """The reference's response of task version 5: careful steps, then 0–3 :func:`equation_check` passes."""
-    checks = rng.choices(range(len(CHECK_WEIGHTS)), weights=CHECK_WEIGHTS)[0]
-    thinking = " ".join([careful_steps(problem), *(equation_check(problem, i) for i in range(checks))])
-    return f"{THINK_OPEN} {thinking} {THINK_CLOSE} The answer is \\boxed{{{problem.answer}}}."
-
-
 def _corpus(n_problems: int, seed: int) -> Iterator[str]:
     """Questions with a short and a long trace each: a fixed corpus, like a real model's tokenizer.
 
     It is deliberately not rebuilt from the current traces: the merges (and so every token id) stay
-    those of task version 5 (:func:`_paired_steps`, :func:`_checked_steps`), so a change to a trace
+    those of task version 5 (:func:`_paired_steps`, :func:`~thinkctl.tiny.task.equation_check`), so a change to a trace
     changes what the models learn and nothing else. Merges learnt from another corpus change the ids
     every stage trains on, and in trial builds that alone moved the reference's accuracy by tens of
     points.
@@ -79,7 +71,7 @@ def _corpus(n_problems: int, seed: int) -> Iterator[str]:
     for p in generate_problems(n_problems, seed=seed, split="train"):
         yield p.question
         yield short_trace(p, rng, steps=_paired_steps)
-        yield _checked_steps(p, rng)
+        yield long_trace(p, rng, check=equation_check)
 
 
 def _train_bpe(vocab_size: int, seed: int, n_problems: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
