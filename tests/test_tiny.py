@@ -227,6 +227,21 @@ def test_shape_check_passes_the_documented_shape_and_names_each_deviation() -> N
         check_shape(_shape_records({0.0: GOOD_ACC[0.0]}, {0.0: GOOD_THINK[0.0]}))
 
 
+def test_knee_is_the_thinking_of_the_cheapest_lambda_within_a_point() -> None:
+    from thinkctl.tiny.shape import knee_tokens
+
+    # λ 0.25 is within a point of λ 0 (99.0%) at 60 tokens; λ 0.5 thinks as little but is 2 points down,
+    # λ 0.75 less still at 25 points down: the knee is λ 0.25's length, not the cheapest λ's
+    assert knee_tokens(_shape_records(GOOD_ACC, GOOD_THINK)) == pytest.approx(60.0)
+    assert knee_tokens(_shape_records(GOOD_ACC, GOOD_THINK), within_pts=3.0) == pytest.approx(60.0)
+    assert knee_tokens(_shape_records(GOOD_ACC, {**GOOD_THINK, 0.5: [19, 39, 59, 79, 99]}), within_pts=3.0) == pytest.approx(59.0)
+    falls = {**GOOD_ACC, 0.25: [1, .9, .9, .8, .7], 0.5: [1, .9, .9, .8, .7]}
+    with pytest.raises(ValueError, match="no free region"):
+        knee_tokens(_shape_records(falls, GOOD_THINK))
+    with pytest.raises(ValueError, match="no λ 0"):
+        knee_tokens(_shape_records({0.5: GOOD_ACC[0.5]}, {0.5: GOOD_THINK[0.5]}))
+
+
 # --- done-means of the tiny default on the built pair (slow: reuses $THINKCTL_HOME/tiny or builds it) --------------
 # Held-out test problems, greedy, 300 per sweep. The criteria are those of issue 19, stated once in
 # thinkctl.tiny.shape; they must hold on any build (seed, thread count, CPU), not on one build's numbers.
@@ -319,6 +334,28 @@ def test_router_beats_the_fixed_lambda_frontier(built_pair, demo, tmp_path) -> N
     assert routed.loc[~threshold, "gain"].max() >= 0.03, routed
     assert routed.loc[threshold, "gain"].min() >= -0.01, routed
     assert (routed["accuracy"] <= oracle["accuracy"] + 1e-9).all(), (routed, oracle)  # the oracle is the ceiling
+
+
+@pytest.mark.slow
+def test_realign_at_the_knee_meets_the_target(built_pair, demo, tmp_path) -> None:
+    """Done-means of TrRa on the tiny default pair: N at the knee of the demo's λ curve (the thinking of the
+    cheapest λ within a point of λ 0, :func:`thinkctl.tiny.shape.knee_tokens`); on the demo's 300 held-out
+    problems (greedy) the student lands within 10% of N, thinks ≥ 40% less than the reference and is at most
+    1 point less accurate."""
+    from thinkctl.records import load_records
+    from thinkctl.tiny.shape import knee_tokens
+    from thinkctl.trra.realign import load_realign_configs, run_realign
+
+    pair, _ = built_pair
+    target = round(knee_tokens(load_records([demo[1]])))
+    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny-trra.yaml")
+    rcfg, tcfg = load_realign_configs(recipe, {"reference": str(pair.reference), "aligned": str(pair.aligned),
+                                               "target_tokens": target})
+    report = run_realign(rcfg, tcfg, tmp_path / "run")
+    ref, _, student = report["rows"]
+    assert abs(student["mean_thinking_tokens"] - target) <= 0.10 * target, report
+    assert student["reduction_pct_vs_reference"] >= 40.0, report
+    assert student["accuracy"] >= ref["accuracy"] - 0.01 - 1e-9, report  # within 1 point, inclusive
 
 
 def test_tiny_recipe_spells_out_the_built_in_defaults() -> None:

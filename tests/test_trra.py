@@ -1,5 +1,6 @@
 """TrRa: the chunked fused-KD loss against its float64 reference, the trainer (grads, resume), data,
-calibration against a fake backend whose length is a known function of λ, and (slow) realign end to end."""
+calibration against a fake backend whose length is a known function of λ (realign end to end on the tiny pair:
+tests/test_tiny.py, slow)."""
 
 from __future__ import annotations
 
@@ -363,35 +364,6 @@ def test_realign_config_needs_exactly_one_goal() -> None:
     assert rcfg.lambda_ == 0.7 and rcfg.target_tokens is None
     with pytest.raises(ConfigError, match="unknown key"):
         load_realign_configs(None, {"lambda_": 0.5}, {"lamda": 1})
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="check version 2: met on the seed-0 build (N 70: 72.0 tokens, −0.7 points); on seed 1 "
-                                        "N = half the reference's thinking (59) is below the unchecked careful pass (61.2), "
-                                        "so the student crosses the knee (−10.7 points; docs/tiny-world.md)")
-def test_realign_on_tiny_default_meets_the_target(tmp_path) -> None:
-    """Done-means of TrRa on the tiny default pair: target N at the knee of the λ curve, 50% of the
-    reference's mean thinking tokens (measured on the calibration split; realign reuses that measurement);
-    on 300 held-out problems (greedy) the student lands within 10% of N, thinks ≥ 40% less than the
-    reference and is at most 1 point less accurate."""
-    from thinkctl.data import benchmark_name, load_benchmark
-    from thinkctl.rollout.hf import HFBackend
-    from thinkctl.tiny import build_tiny_pair, default_tiny_dir
-    from thinkctl.trra.realign import load_realign_configs, run_realign
-
-    pair = build_tiny_pair(default_tiny_dir())
-    rcfg, tcfg = load_realign_configs("recipes/tiny-trra.yaml", {"reference": str(pair.reference), "aligned": str(pair.aligned), "lambda_": 0.0})
-    out = tmp_path / "run"
-    backend = HFBackend.from_paths(str(pair.reference), str(pair.aligned), batch_size=rcfg.backend.batch_size)
-    problems = load_benchmark(rcfg.calib_benchmark, rcfg.calib_split, rcfg.calib_limit, rcfg.calib_seed)
-    reference = backend_measure(backend, problems, rcfg.sampling, out / "calibration", benchmark_name(rcfg.calib_benchmark))(0.0)
-    target = round(0.5 * reference.mean_thinking_tokens, 1)
-    rcfg, tcfg = load_realign_configs("recipes/tiny-trra.yaml", {"reference": str(pair.reference), "aligned": str(pair.aligned), "target_tokens": target})
-    report = run_realign(rcfg, tcfg, out)
-    ref, _, student = report["rows"]
-    assert abs(student["mean_thinking_tokens"] - target) <= 0.10 * target, report
-    assert student["reduction_pct_vs_reference"] >= 40.0, report
-    assert student["accuracy"] >= ref["accuracy"] - 0.01, report
 
 
 # --- distillation data ---------------------------------------------------------------------------------------------
