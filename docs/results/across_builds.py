@@ -92,9 +92,10 @@ def table(builds: dict[str, dict[str, float]]) -> str:
     for name in names:
         values = [builds[label].get(name, math.nan) for label in labels]
         present = [v for v in values if not math.isnan(v)]
-        cells = ["" if math.isnan(v) else f"{v:.1f}" for v in values]
+        fmt = "g" if name.endswith(" λ") else ".1f"  # a λ as given (0.25), every other figure to one decimal
+        cells = ["" if math.isnan(v) else f"{v:{fmt}}" for v in values]
         first = cells[0] or "–"
-        span = f"[{min(present):.1f}–{max(present):.1f}]" if len(present) > 1 else ""
+        span = f"[{min(present):{fmt}}–{max(present):{fmt}}]" if len(present) > 1 else ""
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {first} {span} |")
     return "\n".join(lines) + "\n"
 

@@ -12,7 +12,7 @@ RUNS=$2
 WHAT=${3:-all}
 export THINKCTL_HOME=${THINKCTL_HOME:-$RUNS/home}
 TINY=$THINKCTL_HOME/tiny
-TARGET=${TARGET_TOKENS:-}     # TrRa target; default: the knee of the demo's λ curve (thinkctl.tiny.shape.knee_tokens)
+TARGET=${TARGET_TOKENS:-}     # TrRa target; default: the knee of the train sweep's λ curve (thinkctl.tiny.shape.knee_tokens)
 mkdir -p "$RUNS"
 RECIPE=$RUNS/tiny.yaml        # recipes/tiny.yaml with this build's seed
 sed "s/^  seed: 0$/  seed: $SEED/" recipes/tiny.yaml > "$RECIPE"
@@ -33,13 +33,14 @@ for estimator in logistic bins; do
         --seed 0 --limit 300 --out "$RUNS/routed-$estimator"
 done
 
-# TrRa at the knee: the thinking of the cheapest λ within a point of λ 0 on the demo, unless TARGET_TOKENS says otherwise.
+# TrRa at the knee: the thinking of the cheapest λ within a point of λ 0, read off the train-split sweep (not the test
+# problems the student is graded on), unless TARGET_TOKENS says otherwise.
 if [ -z "$TARGET" ]; then
     TARGET=$(python -c "
 import sys
 from thinkctl.records import load_records
 from thinkctl.tiny.shape import knee_tokens
-print(round(knee_tokens(load_records([sys.argv[1]]))))" "$RUNS/demo")
+print(round(knee_tokens(load_records([sys.argv[1]]))))" "$RUNS/train-sweep")
 fi
 thinkctl realign --recipe recipes/tiny-trra.yaml --ref "$TINY/reference" --aligned "$TINY/aligned" \
     --target-tokens "$TARGET" --out "$RUNS/trra"

@@ -47,7 +47,8 @@ def missing_lambdas(records: pd.DataFrame) -> list[float]:
 def largest_free_cut(accuracy: pd.Series, thinking: pd.Series, within_pts: float = 1.0) -> tuple[float, float] | None:
     """(λ, % less thinking than λ 0) of the λ in (0, 1) that thinks least while within ``within_pts`` of λ 0's
     accuracy (percent, indexed by λ); None when no λ in (0, 1) stays that close."""
-    close = [lam for lam in thinking.index if 0 < lam < 1 and accuracy[lam] >= accuracy[0.0] - within_pts]
+    # the tolerance keeps "exactly within_pts down" inside: 281/300 − 1 point is not always ≥ 278/300 in floats
+    close = [lam for lam in thinking.index if 0 < lam < 1 and accuracy[lam] >= accuracy[0.0] - within_pts - 1e-9]
     if not close:
         return None
     best = min(close, key=thinking.__getitem__)
@@ -55,22 +56,29 @@ def largest_free_cut(accuracy: pd.Series, thinking: pd.Series, within_pts: float
 
 
 def knee_tokens(records: pd.DataFrame, within_pts: float = 1.0) -> float:
-    """Mean thinking tokens at the knee of a λ sweep: those of the λ in (0, 1) that thinks least within
-    ``within_pts`` of λ 0's accuracy (:func:`largest_free_cut`). Cutting further starts to cost accuracy.
+    """Mean thinking tokens at the knee of one λ sweep: those of the λ in (0, 1) that thinks least within
+    ``within_pts`` of λ 0's accuracy (:func:`largest_free_cut`). The free region ends there: past it, accuracy starts
+    to fall, hardest problems first (the shape check's "first λ > 2 points down").
 
     This is TrRa's target "at the knee" (``realign --target-tokens``). A fixed share of the reference's
     length is not: greedy reference decoding checks twice or three times depending on the build, and half of a
-    two-check reference (seed 1 of check version 2: 59 of 117 tokens) lies below the unchecked careful pass,
-    past the knee, where a student reaching it must cut into the careful steps.
+    two-check reference (seed 1 of check version 2: 59 of 117 tokens) lies below the unchecked careful pass, past
+    the knee, where a student reaching it must cut into the careful steps. Measure it on problems the student will
+    not be graded on (``measure_build.sh`` uses the train-split sweep).
     """
+    runs = records[["benchmark", "method", "model"]].drop_duplicates()
+    if len(runs) > 1:
+        raise ValueError(f"the knee is read off one λ sweep; these records hold {len(runs)} "
+                         f"(benchmark, method, model): {runs.to_dict('records')}; pass one sweep's records")
     overall = _table(records, ["lam"])
-    if 0.0 not in overall.index:
-        raise ValueError("the knee is measured against λ 0 (the reference); the sweep has no λ 0")
+    if 0.0 not in overall.index or not any(0 < lam < 1 for lam in overall.index):
+        raise ValueError(f"the knee needs λ 0 (the reference) and λ in (0, 1); the sweep has λ {sorted(overall.index)}: "
+                         "sweep the demo's grid, or give --target-tokens yourself")
     acc, think = 100 * overall["accuracy"], overall["mean_thinking_tokens"]
     free = largest_free_cut(acc, think, within_pts)
     if free is None:
-        raise ValueError(f"no λ in (0, 1) stays within {within_pts} points of λ 0 ({acc.round(1).to_dict()}): "
-                         "the sweep has no free region, so it has no knee")
+        raise ValueError(f"no λ in (0, 1) stays within {within_pts} points of λ 0 ({acc.round(1).to_dict()}): the sweep "
+                         "has no free region, so no knee; give --target-tokens yourself (TARGET_TOKENS for measure_build.sh)")
     return float(think[free[0]])
 
 
@@ -132,11 +140,11 @@ def check_shape(records: pd.DataFrame) -> list[ShapeCheck]:
 
     drop = acc[0.0] - acc[1.0]
     hard, easy = lacc[(0.0, last)] - lacc[(1.0, last)], lacc[(0.0, first)] - lacc[(1.0, first)]
-    knee = next((lam for lam in overall.index if lam > 0 and acc[lam] < acc[0.0] - 2), None)
+    falls = next((lam for lam in overall.index if lam > 0 and acc[lam] < acc[0.0] - 2), None)
     checks.append(ShapeCheck(
         "cliff, hard problems first", drop >= 15 and hard > easy,
         f"λ 1 is {drop:.1f} points below λ 0 (≥ 15); level {last} loses {hard:.1f}, level {first} {easy:.1f}; "
-        f"knee (first λ > 2 points down): {knee if knee is None else f'{knee:g}'}"))
+        f"accuracy starts to fall (first λ > 2 points down) at λ {falls if falls is None else f'{falls:g}'}"))
 
     grid = [lam for lam in overall.index if 0.0 <= lam <= 1.5]
     dips = [(a, b) for i, a in enumerate(grid) for b in grid[i + 1:] if acc[b] > acc[a] + 2]
