@@ -69,7 +69,7 @@ class TinyBuildConfig:
     warmup_steps: int = 40
     solve_steps: int = 1000
     solve_lr: float = 2e-3
-    style_steps: int = 200
+    style_steps: int = 400  # 200 left the checks' answer copy and level 5 to the build (seeds 1, 2: λ 0 96.0, 95.7%)
     style_lr: float = 5e-4
     aligned_steps: int = 400
     aligned_lr: float = 7e-4
