@@ -279,6 +279,26 @@ def test_calibration_bisects_out_of_a_plateau() -> None:
     assert 0.2 < res.lam < 0.25
 
 
+def test_calibration_walks_down_a_plateau_to_the_least_fused_lambda() -> None:
+    """A target on the plateau (61 tokens from λ 0.25 to 1): the grid's λ 0.5 already thinks N, but λ 0.25 thinks
+    the same with less of the aligned model; the walk keeps halving towards λ 0 while the length holds and stops at
+    the first probe that thinks too long. On a sloped curve that first probe is the only extra cost."""
+    calls: list[float] = []
+
+    def length(lam: float) -> float:
+        calls.append(lam)
+        return 140.0 - (140.0 - 61.0) * min(lam / 0.25, 1.0) if lam < 1.0 else 39.0
+
+    res = calibrate_lambda(lambda lam: LengthPoint(lam, length(lam), 1.0, 64), 62.0, grid=[0.0, 0.5, 1.0, 1.5])
+    assert res.lam == 0.25 and res.mean_thinking_tokens == 61.0, res
+    assert calls == [0.0, 0.5, 1.0, 1.5, 0.25, 0.125]  # 0.125 thinks 100.5 tokens: the walk stops there
+
+    calls.clear()
+    res = calibrate_lambda(lambda lam: LengthPoint(lam, length(lam), 1.0, 64), 100.0, grid=[0.0, 0.5, 1.0, 1.5])
+    assert abs(res.mean_thinking_tokens - 100.0) <= 3.0, (res, calls)
+    assert calls[-1] < res.lam and length(calls[-1]) > 103.0, calls  # one probe down the slope, too long: stop
+
+
 @pytest.mark.parametrize("target,side", [(80.0, "longer than the longest"), (2.0, "shorter than the shortest")])
 def test_unreachable_target_reports_closest(target: float, side: str) -> None:
     def measure(lam: float) -> LengthPoint:
