@@ -296,7 +296,22 @@ def test_calibration_walks_down_a_plateau_to_the_least_fused_lambda() -> None:
     calls.clear()
     res = calibrate_lambda(lambda lam: LengthPoint(lam, length(lam), 1.0, 64), 100.0, grid=[0.0, 0.5, 1.0, 1.5])
     assert abs(res.mean_thinking_tokens - 100.0) <= 3.0, (res, calls)
-    assert calls[-1] < res.lam and length(calls[-1]) > 103.0, calls  # one probe down the slope, too long: stop
+    assert calls[-1] < res.lam and length(calls[-1]) > 101.0, calls  # one probe down the slope, off the plateau: stop
+
+    # a curve without a plateau: the walk's probe is off it, and the closest λ stays the answer (not a smaller one
+    # that is merely within rel_tol, further from N)
+    def sloped(lam: float) -> LengthPoint:
+        calls.append(lam)
+        return LengthPoint(lam, 40.0 + 100.0 * (1.0 - lam) ** 2, 1.0, 64)
+
+    calls.clear()
+    res = calibrate_lambda(sloped, 62.0, grid=[0.0, 0.5, 1.0, 1.5])
+    closest = min(res.points, key=lambda p: abs(p.mean_thinking_tokens - 62.0))
+    assert res.lam == closest.lam and abs(res.mean_thinking_tokens - 62.0) <= 0.03 * 62.0, res
+    assert calls[-1] < res.lam and calls[-2] == res.lam, calls  # the refinement's last point, then one probe
+    calls.clear()
+    dupes = calibrate_lambda(sloped, 62.0, grid=[0.0, 0.0, 0.5, 0.5, 1.0, 1.5], max_refinements=2)
+    assert len(calls) == 4 + 2 and len(dupes.points) == 6, calls  # coinciding grid points cost no budget
 
 
 @pytest.mark.parametrize("target,side", [(80.0, "longer than the longest"), (2.0, "shorter than the shortest")])

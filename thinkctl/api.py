@@ -247,7 +247,8 @@ def calibrate_lambda(
     """The λ at which ``model`` thinks ``target_tokens`` tokens on average on ``benchmark`` (a ``CalibrationResult``).
 
     Measures ``grid``, then refines inside the first interval whose lengths straddle the target until a
-    point is within ``rel_tol`` (what ``thinkctl realign --target-tokens`` does). Every measurement is a
+    point is within ``rel_tol``, then walks down the plateau that point may sit on to the smallest λ thinking as
+    long (what ``thinkctl realign --target-tokens`` does). Every measurement is a
     resumable sweep in ``out``. A target outside what the grid reaches raises ``CalibrationError``, whose
     ``result`` holds the closest λ measured. ``sampling`` as in :meth:`FusedModel.generate`.
 

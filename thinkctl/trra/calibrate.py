@@ -6,10 +6,11 @@ measures a small λ grid first, takes the first adjacent pair of grid points who
 target (the monotone part), and refines inside it by interpolation, falling back to bisection when
 interpolation would land too near an end, lands on a plateau (the end it replaces had the same length)
 or has moved the same end twice in a row. Once a λ is within tolerance, the search walks down the plateau it
-may sit on: it probes halfway to the nearest shorter λ that thinks too long, and keeps the probe while it still
-thinks N tokens (within tolerance). The smallest such λ is the answer: on a plateau a larger λ buys no tokens,
-only more of the aligned model (on the tiny world's plateau λ 0.5 is 1.3 points less accurate than λ 0.25 at
-the same length); on a sloped curve the first probe already misses and costs one measurement. Each measurement is a sweep at one λ on the calibration
+may sit on: it probes halfway to the nearest smaller λ that thinks too long, and keeps the probe while it thinks
+as long as the chosen λ (within :data:`PLATEAU_TOL` of N). The smallest such λ is the answer: on a plateau a
+larger λ buys no tokens, only more of the aligned model (tiny world, seed 0: the student distilled at the grid's
+λ 0.5 was 1.0 point below the one at λ 0.25, at the same length). On a sloped curve the first probe is off the
+plateau and the walk stops there: one measurement. Each measurement is a sweep at one λ on the calibration
 split with the run's own sampling (and samples per problem), recorded through
 :func:`thinkctl.sweep.run_sweep`, so a rerun reuses every λ already measured.
 
@@ -33,6 +34,10 @@ from thinkctl.sampling import SamplingConfig
 log = logging.getLogger(__name__)
 
 DEFAULT_GRID = (0.0, 0.5, 1.0, 1.5)
+#: a probe down the length curve is on the chosen λ's plateau when it thinks within this share of N of it
+PLATEAU_TOL = 0.01
+#: recorded with each calibration; a saved one from another method is measured again (its sweeps are reused)
+CALIBRATION_METHOD = "bracket+plateau-walk"
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class CalibrationResult:
     accuracy: float
     reachable: bool
     points: list[LengthPoint] = field(default_factory=list)
+    method: str = CALIBRATION_METHOD
 
     @property
     def relative_error(self) -> float:
@@ -67,6 +73,7 @@ class CalibrationResult:
     def from_dict(cls, data: dict) -> CalibrationResult:
         data = {k: v for k, v in data.items() if k != "relative_error"}
         data["points"] = [LengthPoint(**p) for p in data.get("points", [])]
+        data.setdefault("method", "bracket")  # saved before the plateau walk
         return cls(**data)
 
 
@@ -89,12 +96,12 @@ def calibrate_lambda(
     max_refinements: int = 6,
     rel_tol: float = 0.03,
 ) -> CalibrationResult:
-    """The smallest λ whose measured mean thinking length is within ``rel_tol`` of ``target_tokens``, or the closest
-    one when none is (see module docstring).
+    """The λ whose measured mean thinking length is closest to ``target_tokens``, or, when that is within ``rel_tol``,
+    the smallest λ on its plateau (see module docstring).
 
-    ``measure(λ)`` runs the decoding at λ and returns its :class:`LengthPoint`. Refinement stops when a
-    point is within ``rel_tol`` of the target and the plateau walk ends, or after ``max_refinements`` extra
-    measurements in all.
+    ``measure(λ)`` runs the decoding at λ and returns its :class:`LengthPoint`. Refinement stops when a point is
+    within ``rel_tol`` of the target and the plateau walk ends, or after ``max_refinements`` measurements beyond the
+    grid in all.
     Raises :class:`CalibrationError` when no two grid neighbours straddle the target.
     """
     if target_tokens <= 0:
@@ -109,16 +116,13 @@ def calibrate_lambda(
             log.info("calibration λ=%g: %.1f thinking tokens, accuracy %.3f", lam, measured[lam].mean_thinking_tokens, measured[lam].accuracy)
         return measured[lam]
 
-    def within() -> list[LengthPoint]:
-        return [p for p in measured.values() if abs(p.mean_thinking_tokens - target_tokens) <= rel_tol * target_tokens]
-
-    def result(reachable: bool) -> CalibrationResult:
-        close = within() if reachable else []
-        best = min(close, key=lambda p: p.lam) if close else _closest(list(measured.values()), target_tokens)
+    def result(reachable: bool, best: LengthPoint | None = None) -> CalibrationResult:
+        best = best or _closest(list(measured.values()), target_tokens)
         points = [measured[k] for k in sorted(measured)]
         return CalibrationResult(target_tokens, best.lam, best.mean_thinking_tokens, best.accuracy, reachable, points)
 
     points = [at(lam) for lam in grid]
+    n_grid = len(measured)  # grid points may coincide once rounded
     bracket = next(
         ((a, b) for a, b in zip(points, points[1:])
          if (a.mean_thinking_tokens - target_tokens) * (b.mean_thinking_tokens - target_tokens) <= 0),
@@ -158,16 +162,20 @@ def calibrate_lambda(
             hi = mid
         else:
             lo = mid
-    # Walk down the plateau (module docstring): halfway to the nearest smaller λ that thinks too long, while it holds.
-    while within() and len(measured) - len(grid) < max_refinements:
-        best = min(within(), key=lambda p: p.lam)
+    best = _closest(list(measured.values()), target_tokens)
+    if abs(best.mean_thinking_tokens - target_tokens) > rel_tol * target_tokens:
+        return result(reachable=True, best=best)
+    # Walk down the plateau (module docstring): halfway to the nearest smaller λ that thinks too long, while the probe
+    # thinks as long as the chosen λ.
+    while len(measured) - n_grid < max_refinements:
         longer = [p for p in measured.values() if p.lam < best.lam and p.mean_thinking_tokens > (1 + rel_tol) * target_tokens]
         if not longer:
             break
         probe = at((max(longer, key=lambda p: p.lam).lam + best.lam) / 2)
-        if probe.lam == best.lam or abs(probe.mean_thinking_tokens - target_tokens) > rel_tol * target_tokens:
+        if probe.lam == best.lam or abs(probe.mean_thinking_tokens - best.mean_thinking_tokens) > PLATEAU_TOL * target_tokens:
             break
-    return result(reachable=True)
+        best = probe
+    return result(reachable=True, best=best)
 
 
 def backend_measure(

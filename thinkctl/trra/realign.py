@@ -54,7 +54,14 @@ from thinkctl.training import FINAL_DIR, TraceConfig, consumed_rows, launched_pr
 from thinkctl.trra.adaptive import (
     CHOICES_FILE, DEFAULT_ADAPTIVE_GRID, check_adaptive_options, generate_adaptive_data, policy_caps, teacher_grid,
 )
-from thinkctl.trra.calibrate import DEFAULT_GRID, CalibrationError, CalibrationResult, backend_measure, calibrate_lambda
+from thinkctl.trra.calibrate import (
+    CALIBRATION_METHOD,
+    DEFAULT_GRID,
+    CalibrationError,
+    CalibrationResult,
+    backend_measure,
+    calibrate_lambda,
+)
 from thinkctl.trra.compare import ORACLE, levels_table, record_figures
 from thinkctl.trra.data import DistillExample, from_traces, generate_distillation_data
 from thinkctl.trra.trainer import FINAL_MARKER, TrRaConfig, final_student_path, is_trained, train_trra
@@ -180,7 +187,7 @@ def _saved_calibration(cfg: RealignConfig, out_dir: Path) -> CalibrationResult |
     path = out_dir / "calibration.json"
     if path.is_file():
         saved = CalibrationResult.from_dict(json.loads(path.read_text()))
-        if saved.target_tokens == cfg.target_tokens and saved.reachable:
+        if saved.target_tokens == cfg.target_tokens and saved.reachable and saved.method == CALIBRATION_METHOD:
             log.info("reusing calibration λ=%g from %s", saved.lam, path)
             return saved
     return None
