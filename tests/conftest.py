@@ -7,6 +7,16 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+#: per-test limit of slow tests (the fast suite keeps pyproject's 600 s): a module fixture builds the tiny pair
+#: (13–15 minutes on 2 cores) or trains the InRa dial (~10) inside the first test that needs it
+SLOW_TIMEOUT_S = 3600
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
+
 WORDS = ["<|endoftext|>", "<unk>", "<think>", "</think>", "the", "answer", "is", "\\boxed{", "}", ".", "+", "-", "="] + [
     str(i) for i in range(50)
 ]
