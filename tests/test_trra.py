@@ -313,6 +313,24 @@ def test_calibration_walks_down_a_plateau_to_the_least_fused_lambda() -> None:
     dupes = calibrate_lambda(sloped, 62.0, grid=[0.0, 0.0, 0.5, 0.5, 1.0, 1.5], max_refinements=2)
     assert len(calls) == 4 + 2 and len(dupes.points) == 6, calls  # coinciding grid points cost no budget
 
+    from thinkctl.trra.calibrate import CALIBRATION_METHOD, CalibrationResult
+
+    saved = {k: v for k, v in res.to_dict().items() if k != "method"}  # calibration.json from before the walk
+    assert CalibrationResult.from_dict(saved).method != CALIBRATION_METHOD == CalibrationResult.from_dict(res.to_dict()).method
+
+
+def test_realign_reuses_only_a_calibration_of_the_current_method(tmp_path) -> None:
+    from thinkctl.trra.realign import RealignConfig, _saved_calibration
+
+    cfg = RealignConfig(reference="a", aligned="b", target_tokens=62)
+    res = calibrate_lambda(lambda lam: LengthPoint(lam, 140.0 - 79.0 * min(lam / 0.25, 1.0) if lam < 1 else 39.0, 1.0, 8),
+                           62.0, grid=[0.0, 0.5, 1.0, 1.5])
+    (tmp_path / "calibration.json").write_text(json.dumps(res.to_dict()))
+    assert _saved_calibration(cfg, tmp_path).lam == 0.25
+    old = {k: v for k, v in res.to_dict().items() if k != "method"} | {"lam": 0.5}  # saved before the plateau walk
+    (tmp_path / "calibration.json").write_text(json.dumps(old))
+    assert _saved_calibration(cfg, tmp_path) is None  # measured again (its sweeps are cached)
+
 
 @pytest.mark.parametrize("target,side", [(80.0, "longer than the longest"), (2.0, "shorter than the shortest")])
 def test_unreachable_target_reports_closest(target: float, side: str) -> None:
