@@ -26,6 +26,8 @@ from thinkctl.tiny.task import (
 )
 from thinkctl.tiny.tokenizer import build_tokenizer
 
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
 
 @pytest.fixture(scope="module")
 def tokenizer():
@@ -291,7 +293,7 @@ def train_sweep(built_pair, tmp_path_factory) -> Path:
 
     pair, _ = built_pair
     out = tmp_path_factory.mktemp("train-sweep")
-    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml")
+    recipe = str(RECIPES / "tiny.yaml")
     assert main(["sweep", "--ref", str(pair.reference), "--aligned", str(pair.aligned), "--recipe", recipe,
                  "--split", "train", "--seed", "1", "--out", str(out)]) == 0
     return out
@@ -367,7 +369,7 @@ def realign_at_the_knee(built_pair, train_sweep, tmp_path_factory) -> tuple[floa
 
     pair, _ = built_pair
     target = round(knee_tokens(load_records([train_sweep])))
-    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny-trra.yaml")
+    recipe = str(RECIPES / "tiny-trra.yaml")
     rcfg, tcfg = load_realign_configs(recipe, {"reference": str(pair.reference), "aligned": str(pair.aligned),
                                                "target_tokens": target})
     return target, run_realign(rcfg, tcfg, tmp_path_factory.mktemp("realign"))
@@ -398,6 +400,6 @@ def test_tiny_recipe_spells_out_the_built_in_defaults() -> None:
     from thinkctl.config import build, load_section
     from thinkctl.sweep import SweepConfig
 
-    recipe = Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml"
+    recipe = RECIPES / "tiny.yaml"
     assert load_section(TinyBuildConfig, recipe, "tiny") == TinyBuildConfig()
     assert load_section(SweepConfig, recipe, "sweep") == build(SweepConfig, DEMO_DEFAULTS)
