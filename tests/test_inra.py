@@ -402,6 +402,8 @@ def test_dial_check_finds_the_free_region_and_the_cliff() -> None:
     assert check["passed"] and check["free_lambda"] == 0.5 and check["free_reduction_pct"] == pytest.approx(50.0)
     assert check["cliff_lambda"] == 1.0
     assert not dial_check(summary.assign(accuracy=[0.95, 0.90, 0.80, 0.40]), grid)["passed"]  # no λ cuts 40% within 2 points
+    exactly = dial_check(summary.assign(n=[300] * 4, accuracy=[281 / 300, 275 / 300, 0.80, 0.40]), grid)  # 2.0 points down
+    assert exactly["passed"] and exactly["free_lambda"] == 0.5, exactly
     assert not dial_check(summary.assign(mean_thinking_tokens=[200.0, 100.0, 100.0, 30.0]), grid)["passed"]  # not monotone
     # past λ = 1 the short path's style is the floor: a rise within 2% is noise, a larger one is not
     assert dial_check(summary.assign(mean_thinking_tokens=[200.0, 100.0, 38.7, 39.4]), grid)["monotone"]

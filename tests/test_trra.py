@@ -5,6 +5,7 @@ tests/test_tiny.py, slow)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -275,61 +276,91 @@ def test_calibration_bisects_out_of_a_plateau() -> None:
         return 140.0 - (140.0 - 61.0) * min(lam / 0.25, 1.0) if lam < 1.0 else 39.0
 
     res = calibrate_lambda(lambda lam: LengthPoint(lam, length(lam), 1.0, 64), 70.0, grid=[0.0, 0.5, 1.0, 1.5])
-    assert res.reachable and abs(res.mean_thinking_tokens - 70.0) <= 0.03 * 70.0, res
+    assert res.reachable and abs(res.mean_thinking_tokens - 70.0) <= 0.05 * 70.0, res
     assert 0.2 < res.lam < 0.25
 
 
+def _plateau(lam: float) -> float:
+    """Checks dropped by λ 0.25, 61 tokens from there to the cliff at λ 1 (the tiny world's seeds 0 and 1)."""
+    return 140.0 - (140.0 - 61.0) * min(lam / 0.25, 1.0) if lam < 1.0 else 39.0
+
+
 def test_calibration_walks_down_a_plateau_to_the_least_fused_lambda() -> None:
-    """A target on the plateau (61 tokens from λ 0.25 to 1): the grid's λ 0.5 already thinks N, but λ 0.25 thinks
-    the same with less of the aligned model; the walk keeps halving towards λ 0 while the length holds and stops at
-    the first probe that thinks too long. On a sloped curve that first probe is the only extra cost."""
+    """A target on the plateau: the grid's λ 0.5 already thinks N, but λ 0.25 thinks the same with less of the
+    aligned model; the walk keeps halving towards λ 0 while the length meets the target and stops at the first probe
+    that thinks too long."""
     calls: list[float] = []
 
-    def length(lam: float) -> float:
+    def measure(lam: float) -> LengthPoint:
         calls.append(lam)
-        return 140.0 - (140.0 - 61.0) * min(lam / 0.25, 1.0) if lam < 1.0 else 39.0
+        return LengthPoint(lam, _plateau(lam), 1.0, 64)
 
-    res = calibrate_lambda(lambda lam: LengthPoint(lam, length(lam), 1.0, 64), 62.0, grid=[0.0, 0.5, 1.0, 1.5])
+    res = calibrate_lambda(measure, 62.0, grid=[0.0, 0.5, 1.0, 1.5])
     assert res.lam == 0.25 and res.mean_thinking_tokens == 61.0, res
     assert calls == [0.0, 0.5, 1.0, 1.5, 0.25, 0.125]  # 0.125 thinks 100.5 tokens: the walk stops there
 
     calls.clear()
-    res = calibrate_lambda(lambda lam: LengthPoint(lam, length(lam), 1.0, 64), 100.0, grid=[0.0, 0.5, 1.0, 1.5])
-    assert abs(res.mean_thinking_tokens - 100.0) <= 3.0, (res, calls)
-    assert calls[-1] < res.lam and length(calls[-1]) > 101.0, calls  # one probe down the slope, off the plateau: stop
+    res = calibrate_lambda(measure, 100.0, grid=[0.0, 0.5, 1.0, 1.5])
+    assert abs(res.mean_thinking_tokens - 100.0) <= 5.0, (res, calls)
+    assert calls[-1] < res.lam and _plateau(calls[-1]) > 105.0, calls  # one probe down the slope, too long: stop
 
-    # a curve without a plateau: the walk's probe is off it, and the closest λ stays the answer (not a smaller one
-    # that is merely within rel_tol, further from N)
+
+def test_calibration_takes_the_smallest_lambda_within_tolerance() -> None:
+    """Seed 2's tiny build: λ 0.25 thinks 4% over N, λ 0.5 1% under. Within the default 5% both meet the target and
+    the smaller λ, the least realignment, wins; a tolerance of 3% keeps the λ closest to N."""
+    lengths = {0.0: 135.2, 0.25: 64.6, 0.5: 61.2, 1.0: 38.8, 1.5: 38.8}
+
+    def measure(lam: float) -> LengthPoint:
+        return LengthPoint(lam, lengths.get(lam, 100.0 if lam < 0.25 else 62.0), 1.0, 64)
+
+    assert calibrate_lambda(measure, 62.0, grid=[0.0, 0.5, 1.0, 1.5]).lam == 0.25
+    tight = calibrate_lambda(measure, 62.0, grid=[0.0, 0.5, 1.0, 1.5], rel_tol=0.03)
+    assert tight.lam == 0.5 and tight.tolerance == 0.03
+    with pytest.raises(ConfigError, match="tolerance"):
+        calibrate_lambda(measure, 62.0, rel_tol=5)
+
+
+def test_calibration_walk_on_a_sloped_curve() -> None:
+    """No plateau: the walk goes down while the length stays within tolerance and stops at the first probe that
+    thinks too long; no smaller λ measured meets the target, and coinciding grid points cost no budget."""
+    calls: list[float] = []
+
+    def length(lam: float) -> float:
+        return 40.0 + 100.0 * (1.0 - lam) ** 2
+
     def sloped(lam: float) -> LengthPoint:
         calls.append(lam)
-        return LengthPoint(lam, 40.0 + 100.0 * (1.0 - lam) ** 2, 1.0, 64)
+        return LengthPoint(lam, length(lam), 1.0, 64)
 
+    res = calibrate_lambda(sloped, 55.0, grid=[0.0, 0.5, 1.0, 1.5])
+    assert abs(res.mean_thinking_tokens - 55.0) <= 0.05 * 55.0, res
+    assert not [p for p in res.points if p.lam < res.lam and abs(p.mean_thinking_tokens - 55.0) <= 0.05 * 55.0], res
+    assert calls[-1] < res.lam and length(calls[-1]) > 1.05 * 55.0, calls
     calls.clear()
-    res = calibrate_lambda(sloped, 62.0, grid=[0.0, 0.5, 1.0, 1.5])
-    closest = min(res.points, key=lambda p: abs(p.mean_thinking_tokens - 62.0))
-    assert res.lam == closest.lam and abs(res.mean_thinking_tokens - 62.0) <= 0.03 * 62.0, res
-    assert calls[-1] < res.lam and calls[-2] == res.lam, calls  # the refinement's last point, then one probe
-    calls.clear()
-    dupes = calibrate_lambda(sloped, 62.0, grid=[0.0, 0.0, 0.5, 0.5, 1.0, 1.5], max_refinements=2)
+    dupes = calibrate_lambda(sloped, 55.0, grid=[0.0, 0.0, 0.5, 0.5, 1.0, 1.5], max_refinements=2)
     assert len(calls) == 4 + 2 and len(dupes.points) == 6, calls  # coinciding grid points cost no budget
 
     from thinkctl.trra.calibrate import CALIBRATION_METHOD, CalibrationResult
 
-    saved = {k: v for k, v in res.to_dict().items() if k != "method"}  # calibration.json from before the walk
-    assert CalibrationResult.from_dict(saved).method != CALIBRATION_METHOD == CalibrationResult.from_dict(res.to_dict()).method
+    saved = {k: v for k, v in res.to_dict().items() if k not in ("method", "tolerance")}  # calibration.json of 0.x
+    old = CalibrationResult.from_dict(saved)
+    assert (old.method, old.tolerance) == ("bracket", 0.03)
+    assert CalibrationResult.from_dict(res.to_dict()).method == CALIBRATION_METHOD
 
 
-def test_realign_reuses_only_a_calibration_of_the_current_method(tmp_path) -> None:
+def test_realign_reuses_only_a_calibration_of_the_current_method_and_tolerance(tmp_path) -> None:
     from thinkctl.trra.realign import RealignConfig, _saved_calibration
 
     cfg = RealignConfig(reference="a", aligned="b", target_tokens=62)
-    res = calibrate_lambda(lambda lam: LengthPoint(lam, 140.0 - 79.0 * min(lam / 0.25, 1.0) if lam < 1 else 39.0, 1.0, 8),
-                           62.0, grid=[0.0, 0.5, 1.0, 1.5])
+    res = calibrate_lambda(lambda lam: LengthPoint(lam, _plateau(lam), 1.0, 8), 62.0, grid=[0.0, 0.5, 1.0, 1.5])
     (tmp_path / "calibration.json").write_text(json.dumps(res.to_dict()))
     assert _saved_calibration(cfg, tmp_path).lam == 0.25
-    old = {k: v for k, v in res.to_dict().items() if k != "method"} | {"lam": 0.5}  # saved before the plateau walk
+    assert _saved_calibration(replace(cfg, length_tolerance=0.03), tmp_path) is None  # another tolerance: measured again
+    old = {k: v for k, v in res.to_dict().items() if k != "method"} | {"lam": 0.5}  # saved before the walk
     (tmp_path / "calibration.json").write_text(json.dumps(old))
     assert _saved_calibration(cfg, tmp_path) is None  # measured again (its sweeps are cached)
+    with pytest.raises(ConfigError, match="length_tolerance"):
+        RealignConfig(reference="a", aligned="b", target_tokens=62, length_tolerance=0)
 
 
 @pytest.mark.parametrize("target,side", [(80.0, "longer than the longest"), (2.0, "shorter than the shortest")])

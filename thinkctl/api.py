@@ -241,14 +241,15 @@ def run_sweep(
 
 def calibrate_lambda(
     model: FusedModel, target_tokens: float, out: PathLike, *, benchmark: str = "tiny", split: str | None = "train",
-    limit: int | None = 64, grid: Sequence[float] = (0.0, 0.5, 1.0, 1.5), max_refinements: int = 6, rel_tol: float = 0.03,
+    limit: int | None = 64, grid: Sequence[float] = (0.0, 0.5, 1.0, 1.5), max_refinements: int = 6, rel_tol: float = 0.05,
     n_samples: int = 1, **sampling: Any,
 ) -> Any:
     """The λ at which ``model`` thinks ``target_tokens`` tokens on average on ``benchmark`` (a ``CalibrationResult``).
 
     Measures ``grid``, then refines inside the first interval whose lengths straddle the target until a
-    point is within ``rel_tol``, then walks down the plateau that point may sit on to the smallest λ thinking as
-    long (what ``thinkctl realign --target-tokens`` does). Every measurement is a
+    point is within ``rel_tol`` of it, then walks down towards λ 0 while the length stays within ``rel_tol``: the
+    answer is the smallest λ found that meets the target, the least realignment (what ``thinkctl realign
+    --target-tokens`` does). Every measurement is a
     resumable sweep in ``out``. A target outside what the grid reaches raises ``CalibrationError``, whose
     ``result`` holds the closest λ measured. ``sampling`` as in :meth:`FusedModel.generate`.
 

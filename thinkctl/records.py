@@ -202,6 +202,15 @@ def load_records(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
     return drop_overlaps(records_frame(r for path in record_files(paths) for r in read_records(path)))
 
 
+def within_points(accuracy_pct: float, reference_pct: float, points: float) -> bool:
+    """Whether an accuracy (percent) is at most ``points`` below a reference's, "exactly ``points`` down" included.
+
+    Accuracies are ratios of counts, so a drop of exactly k points is common; in floats 281/300 − 1 point is not
+    always ≥ 278/300, hence the 1e-9 slack (far below one sample in any real count).
+    """
+    return accuracy_pct >= reference_pct - points - 1e-9
+
+
 def aggregate(records: pd.DataFrame, by: Sequence[str], sort: bool = True) -> pd.DataFrame:
     """Per group: sample count, accuracy, mean and median thinking tokens, mean total tokens, and the
     shares of samples that hit the token limit and whose thinking never closed.

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from thinkctl.records import aggregate
+from thinkctl.records import aggregate, within_points
 
 #: the λ the checks read; the demo's default grid holds them all
 SHAPE_LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
@@ -47,8 +47,7 @@ def missing_lambdas(records: pd.DataFrame) -> list[float]:
 def largest_free_cut(accuracy: pd.Series, thinking: pd.Series, within_pts: float = 1.0) -> tuple[float, float] | None:
     """(λ, % less thinking than λ 0) of the λ in (0, 1) that thinks least while within ``within_pts`` of λ 0's
     accuracy (percent, indexed by λ); None when no λ in (0, 1) stays that close."""
-    # the tolerance keeps "exactly within_pts down" inside: 281/300 − 1 point is not always ≥ 278/300 in floats
-    close = [lam for lam in thinking.index if 0 < lam < 1 and accuracy[lam] >= accuracy[0.0] - within_pts - 1e-9]
+    close = [lam for lam in thinking.index if 0 < lam < 1 and within_points(accuracy[lam], accuracy[0.0], within_pts)]
     if not close:
         return None
     best = min(close, key=thinking.__getitem__)

@@ -5,14 +5,18 @@ Mean thinking length falls as λ rises on the range that matters (the reference 
 measures a small λ grid first, takes the first adjacent pair of grid points whose lengths straddle the
 target (the monotone part), and refines inside it by interpolation, falling back to bisection when
 interpolation would land too near an end, lands on a plateau (the end it replaces had the same length)
-or has moved the same end twice in a row. Once a λ is within tolerance, the search walks down the plateau it
-may sit on: it probes halfway to the nearest smaller λ that thinks too long, and keeps the probe while it thinks
-as long as the chosen λ (within :data:`PLATEAU_TOL` of N). The smallest such λ is the answer: on a plateau a
-larger λ buys no tokens, only more of the aligned model (tiny world, seed 0: the student distilled at the grid's
-λ 0.5 was 1.0 point below the one at λ 0.25, at the same length). On a sloped curve the first probe is off the
-plateau and the walk stops there: one measurement. Each measurement is a sweep at one λ on the calibration
-split with the run's own sampling (and samples per problem), recorded through
-:func:`thinkctl.sweep.run_sweep`, so a rerun reuses every λ already measured.
+or has moved the same end twice in a row. A λ *meets* the target when it thinks within a tolerance of N
+(``rel_tol``, 5% by default); refinement stops at the first that does. The search then walks down towards λ 0: it
+probes halfway to the nearest smaller λ that thinks too long, keeps the probe while it still meets the target, and
+stops at the first probe that does not. The answer is the smallest λ found that meets the target: the least
+realignment that reaches the length, not the λ closest to N. Accuracy falls with λ past the free region while a
+length inside the tolerance buys nothing a distilled student keeps (its own length drifts by as much), so the
+smaller λ is the better teacher. Tiny world: on a plateau (λ 0.25 to 0.75 think the same) the walk takes λ 0.25,
+whose student was 1.0 point above the one at the grid's λ 0.5 (seed 0); where λ 0.25 thinks 4% over N and λ 0.5
+1% under (seed 2), it takes λ 0.25 too. On a sloped curve the first probe thinks too long and the walk costs that one
+measurement; pass a smaller ``rel_tol`` to land closer to N. Each measurement is a sweep at one λ on the calibration
+split with the run's own sampling (and samples per problem), recorded through :func:`thinkctl.sweep.run_sweep`, so a
+rerun reuses every λ already measured.
 
 A target outside what the searched λ range achieves is reported, not silently clamped:
 :class:`CalibrationError` says which side it falls off and carries the closest λ found.
@@ -34,10 +38,10 @@ from thinkctl.sampling import SamplingConfig
 log = logging.getLogger(__name__)
 
 DEFAULT_GRID = (0.0, 0.5, 1.0, 1.5)
-#: a probe down the length curve is on the chosen λ's plateau when it thinks within this share of N of it
-PLATEAU_TOL = 0.01
+#: a λ meets a target of N thinking tokens when it thinks within this share of N
+DEFAULT_TOLERANCE = 0.05
 #: recorded with each calibration; a saved one from another method is measured again (its sweeps are reused)
-CALIBRATION_METHOD = "bracket+plateau-walk"
+CALIBRATION_METHOD = "bracket+walk-within-tolerance"
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,8 @@ class LengthPoint:
 
 @dataclass
 class CalibrationResult:
-    """The chosen λ, every point measured (sorted by λ) and whether the target was bracketed."""
+    """The chosen λ, every point measured (sorted by λ), whether the target was bracketed, and the tolerance within
+    which a λ met it."""
 
     target_tokens: float
     lam: float
@@ -61,6 +66,7 @@ class CalibrationResult:
     reachable: bool
     points: list[LengthPoint] = field(default_factory=list)
     method: str = CALIBRATION_METHOD
+    tolerance: float = DEFAULT_TOLERANCE
 
     @property
     def relative_error(self) -> float:
@@ -73,7 +79,8 @@ class CalibrationResult:
     def from_dict(cls, data: dict) -> CalibrationResult:
         data = {k: v for k, v in data.items() if k != "relative_error"}
         data["points"] = [LengthPoint(**p) for p in data.get("points", [])]
-        data.setdefault("method", "bracket")  # saved before the plateau walk
+        data.setdefault("method", "bracket")  # saved before any walk
+        data.setdefault("tolerance", 0.03)  # the tolerance of those versions
         return cls(**data)
 
 
@@ -94,10 +101,10 @@ def calibrate_lambda(
     target_tokens: float,
     grid: Sequence[float] = DEFAULT_GRID,
     max_refinements: int = 6,
-    rel_tol: float = 0.03,
+    rel_tol: float = DEFAULT_TOLERANCE,
 ) -> CalibrationResult:
-    """The λ whose measured mean thinking length is closest to ``target_tokens``, or, when that is within ``rel_tol``,
-    the smallest λ on its plateau (see module docstring).
+    """The smallest λ found whose measured mean thinking length is within ``rel_tol`` of ``target_tokens``, or, when
+    none is, the λ closest to it (see module docstring).
 
     ``measure(λ)`` runs the decoding at λ and returns its :class:`LengthPoint`. Refinement stops when a point is
     within ``rel_tol`` of the target and the plateau walk ends, or after ``max_refinements`` measurements beyond the
@@ -106,6 +113,8 @@ def calibrate_lambda(
     """
     if target_tokens <= 0:
         raise ConfigError(f"target thinking tokens must be positive, got {target_tokens}")
+    if not 0 < rel_tol < 1:
+        raise ConfigError(f"the length tolerance is a share of the target in (0, 1), got {rel_tol}")
     grid = sorted(float(lam) for lam in grid)
     measured: dict[float, LengthPoint] = {}
 
@@ -119,7 +128,8 @@ def calibrate_lambda(
     def result(reachable: bool, best: LengthPoint | None = None) -> CalibrationResult:
         best = best or _closest(list(measured.values()), target_tokens)
         points = [measured[k] for k in sorted(measured)]
-        return CalibrationResult(target_tokens, best.lam, best.mean_thinking_tokens, best.accuracy, reachable, points)
+        return CalibrationResult(target_tokens, best.lam, best.mean_thinking_tokens, best.accuracy, reachable, points,
+                                 tolerance=rel_tol)
 
     points = [at(lam) for lam in grid]
     n_grid = len(measured)  # grid points may coincide once rounded
@@ -162,17 +172,21 @@ def calibrate_lambda(
             hi = mid
         else:
             lo = mid
-    best = _closest(list(measured.values()), target_tokens)
-    if abs(best.mean_thinking_tokens - target_tokens) > rel_tol * target_tokens:
-        return result(reachable=True, best=best)
-    # Walk down the plateau (module docstring): halfway to the nearest smaller λ that thinks too long, while the probe
-    # thinks as long as the chosen λ.
+
+    def meets(p: LengthPoint) -> bool:
+        return abs(p.mean_thinking_tokens - target_tokens) <= rel_tol * target_tokens
+
+    hits = [p for p in measured.values() if meets(p)]
+    if not hits:
+        return result(reachable=True)
+    # Walk down (module docstring): halfway to the nearest smaller λ that thinks too long, while the probe meets the target.
+    best = min(hits, key=lambda p: p.lam)
     while len(measured) - n_grid < max_refinements:
         longer = [p for p in measured.values() if p.lam < best.lam and p.mean_thinking_tokens > (1 + rel_tol) * target_tokens]
         if not longer:
             break
         probe = at((max(longer, key=lambda p: p.lam).lam + best.lam) / 2)
-        if probe.lam == best.lam or abs(probe.mean_thinking_tokens - best.mean_thinking_tokens) > PLATEAU_TOL * target_tokens:
+        if probe.lam == best.lam or not meets(probe):
             break
         best = probe
     return result(reachable=True, best=best)
