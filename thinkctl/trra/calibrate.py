@@ -9,9 +9,9 @@ or has moved the same end twice in a row. A λ *meets* the target when it thinks
 (``rel_tol``, 5% by default); refinement stops at the first that does. The search then walks down towards λ 0: it
 probes halfway to the nearest smaller λ that thinks too long, keeps the probe while it still meets the target, and
 stops at the first probe that does not. The answer is the smallest λ found that meets the target: the least
-realignment that reaches the length, not the λ closest to N. Accuracy falls with λ past the free region while a
-length inside the tolerance buys nothing a distilled student keeps (its own length drifts by as much), so the
-smaller λ is the better teacher. Tiny world: on a plateau (λ 0.25 to 0.75 think the same) the walk takes λ 0.25,
+realignment that reaches the length, not the λ closest to N. Accuracy falls with λ past the free region, while a
+distilled student's length drifts from its teacher's anyway (1–3% on the tiny world), so the smaller λ is the
+better teacher. Tiny world: on a plateau (λ 0.25 to 0.75 think the same) the walk takes λ 0.25,
 whose student was 1.0 point above the one at the grid's λ 0.5 (seed 0); where λ 0.25 thinks 4% over N and λ 0.5
 1% under (seed 2), it takes λ 0.25 too. On a sloped curve the first probe thinks too long and the walk costs that one
 measurement; pass a smaller ``rel_tol`` to land closer to N. Each measurement is a sweep at one λ on the calibration
