@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from thinkctl.errors import DataFormatError
-from thinkctl.records import SampleRecord, aggregate, load_records, read_records
+from thinkctl.records import SampleRecord, aggregate, load_records, points_down, read_records, within_points
 
 FIXTURE = Path(__file__).parent / "fixtures" / "synthetic_sweep.jsonl"  # written by the pre-typed sweep code
 REQUIRED = {"benchmark": "b", "method": "fused", "problem_id": 7, "lam": 1, "correct": 1, "thinking_tokens": 3, "total_tokens": 5}
@@ -44,3 +44,12 @@ def test_aggregate_is_the_one_summary_of_records():
     assert by_lam.loc[0.0, "n"] == len(at_zero)
     assert by_lam.loc[0.0, "accuracy"] == pytest.approx(sum(r["correct"] for r in at_zero) / len(at_zero))
     assert by_lam.loc[0.0, "mean_thinking_tokens"] == pytest.approx(sum(r["thinking_tokens"] for r in at_zero) / len(at_zero))
+
+
+def test_points_down_compares_exact_counts_exactly() -> None:
+    """Accuracies are ratios of counts: 281 vs 275 of 300 is 2 points down, not 2.000000000000014."""
+    ref, acc = 100.0 * (281 / 300), 100.0 * (275 / 300)  # as the reports compute them: a share, then percent
+    assert ref - acc > 2.0  # the float difference the helper exists for
+    assert points_down(acc, ref) == 2.0
+    assert within_points(acc, ref, 2.0) and not within_points(acc, ref, 1.9)
+    assert points_down(ref, acc) == -2.0 and within_points(ref, acc, 0.0)  # above the reference is within any bound

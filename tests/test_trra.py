@@ -334,8 +334,13 @@ def test_calibration_walk_on_a_sloped_curve() -> None:
 
     res = calibrate_lambda(sloped, 55.0, grid=[0.0, 0.5, 1.0, 1.5])
     assert abs(res.mean_thinking_tokens - 55.0) <= 0.05 * 55.0, res
-    assert not [p for p in res.points if p.lam < res.lam and abs(p.mean_thinking_tokens - 55.0) <= 0.05 * 55.0], res
-    assert calls[-1] < res.lam and length(calls[-1]) > 1.05 * 55.0, calls
+    assert calls[-1] < res.lam and length(calls[-1]) > 1.05 * 55.0, calls  # one probe down, too long: stop
+    calls.clear()
+    # N 60: refinement hits λ 0.556 (59.7 tokens), the walk keeps 0.528 (62.3, within 5%) over the closer λ
+    res = calibrate_lambda(sloped, 60.0, grid=[0.0, 0.5, 1.0, 1.5])
+    closest = min(res.points, key=lambda p: abs(p.mean_thinking_tokens - 60.0))
+    assert res.lam == 0.528 and closest.lam == 0.556, res
+    assert length(calls[-1]) > 1.05 * 60.0 and calls[-1] < res.lam, calls
     calls.clear()
     dupes = calibrate_lambda(sloped, 55.0, grid=[0.0, 0.0, 0.5, 0.5, 1.0, 1.5], max_refinements=2)
     assert len(calls) == 4 + 2 and len(dupes.points) == 6, calls  # coinciding grid points cost no budget
@@ -348,6 +353,20 @@ def test_calibration_walk_on_a_sloped_curve() -> None:
     assert CalibrationResult.from_dict(res.to_dict()).method == CALIBRATION_METHOD
 
 
+def test_calibration_keeps_to_the_monotone_part_and_takes_an_unbracketed_hit() -> None:
+    """Past the bracket, extrapolation can think long again: such a λ neither meets the target nor is the closest.
+    A target no two grid λ straddle but one meets within tolerance (the fast style's floor) is met, not an error."""
+    rising = {0.0: 140.0, 0.5: 100.0, 1.0: 30.0, 1.5: 60.0}
+    res = calibrate_lambda(lambda lam: LengthPoint(lam, rising.get(lam, 100.0 - 140.0 * (lam - 0.5)), 1.0, 64), 62.0,
+                           grid=list(rising), max_refinements=0)
+    assert res.lam == 1.0 and res.reachable, res  # the closest of the bracket (30 tokens), not λ 1.5 at 60
+    floor = {0.0: 140.0, 0.5: 61.0, 1.0: 38.8, 1.5: 38.8}
+    res = calibrate_lambda(lambda lam: LengthPoint(lam, floor.get(lam, 50.0), 1.0, 64), 38.0, grid=list(floor))
+    assert res.lam == 1.0 and res.reachable, res
+    with pytest.raises(CalibrationError, match="shorter than the shortest"):
+        calibrate_lambda(lambda lam: LengthPoint(lam, floor.get(lam, 50.0), 1.0, 64), 30.0, grid=list(floor))
+
+
 def test_realign_reuses_only_a_calibration_of_the_current_method_and_tolerance(tmp_path) -> None:
     from thinkctl.trra.realign import RealignConfig, _saved_calibration
 
@@ -355,12 +374,12 @@ def test_realign_reuses_only_a_calibration_of_the_current_method_and_tolerance(t
     res = calibrate_lambda(lambda lam: LengthPoint(lam, _plateau(lam), 1.0, 8), 62.0, grid=[0.0, 0.5, 1.0, 1.5])
     (tmp_path / "calibration.json").write_text(json.dumps(res.to_dict()))
     assert _saved_calibration(cfg, tmp_path).lam == 0.25
-    assert _saved_calibration(replace(cfg, length_tolerance=0.03), tmp_path) is None  # another tolerance: measured again
+    assert _saved_calibration(replace(cfg, calibration_tolerance=0.03), tmp_path) is None  # another tolerance: measured again
     old = {k: v for k, v in res.to_dict().items() if k != "method"} | {"lam": 0.5}  # saved before the walk
     (tmp_path / "calibration.json").write_text(json.dumps(old))
     assert _saved_calibration(cfg, tmp_path) is None  # measured again (its sweeps are cached)
-    with pytest.raises(ConfigError, match="length_tolerance"):
-        RealignConfig(reference="a", aligned="b", target_tokens=62, length_tolerance=0)
+    with pytest.raises(ConfigError, match="calibration_tolerance"):
+        RealignConfig(reference="a", aligned="b", target_tokens=62, calibration_tolerance=0)
 
 
 @pytest.mark.parametrize("target,side", [(80.0, "longer than the longest"), (2.0, "shorter than the shortest")])

@@ -241,13 +241,14 @@ def run_sweep(
 
 def calibrate_lambda(
     model: FusedModel, target_tokens: float, out: PathLike, *, benchmark: str = "tiny", split: str | None = "train",
-    limit: int | None = 64, grid: Sequence[float] = (0.0, 0.5, 1.0, 1.5), max_refinements: int = 6, rel_tol: float = 0.05,
+    limit: int | None = 64, grid: Sequence[float] = (0.0, 0.5, 1.0, 1.5), max_refinements: int = 6,
+    rel_tol: float | None = None,
     n_samples: int = 1, **sampling: Any,
 ) -> Any:
     """The λ at which ``model`` thinks ``target_tokens`` tokens on average on ``benchmark`` (a ``CalibrationResult``).
 
     Measures ``grid``, then refines inside the first interval whose lengths straddle the target until a
-    point is within ``rel_tol`` of it, then walks down towards λ 0 while the length stays within ``rel_tol``: the
+    point is within ``rel_tol`` of it (5% when None), then walks down towards λ 0 while the length stays within it: the
     answer is the smallest λ found that meets the target, the least realignment (what ``thinkctl realign
     --target-tokens`` does). Every measurement is a
     resumable sweep in ``out``. A target outside what the grid reaches raises ``CalibrationError``, whose
@@ -264,12 +265,13 @@ def calibrate_lambda(
         (True, 3)
     """
     from thinkctl.data import benchmark_name, load_benchmark
-    from thinkctl.trra.calibrate import backend_measure, calibrate_lambda as search
+    from thinkctl.trra.calibrate import DEFAULT_TOLERANCE, backend_measure, calibrate_lambda as search
 
     cfg = build(SamplingConfig, dict(sampling), where="calibrate_lambda(...) sampling")
     problems = load_benchmark(benchmark, split=split, limit=limit, seed=cfg.seed)
     measure = backend_measure(model.backend, problems, cfg, out, benchmark_name(benchmark), n_samples=n_samples)
-    return search(measure, target_tokens, grid=grid, max_refinements=max_refinements, rel_tol=rel_tol)
+    return search(measure, target_tokens, grid=grid, max_refinements=max_refinements,
+                  rel_tol=DEFAULT_TOLERANCE if rel_tol is None else rel_tol)
 
 
 def effort_from_sweep(sweep: PathLike, fractions: Mapping[str, float] | None = None, *, method: str | None = None,

@@ -202,13 +202,18 @@ def load_records(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
     return drop_overlaps(records_frame(r for path in record_files(paths) for r in read_records(path)))
 
 
-def within_points(accuracy_pct: float, reference_pct: float, points: float) -> bool:
-    """Whether an accuracy (percent) is at most ``points`` below a reference's, "exactly ``points`` down" included.
+def points_down(accuracy_pct: float, reference_pct: float) -> float:
+    """How many points (percent) an accuracy is below a reference's, rounded to 1e-9.
 
-    Accuracies are ratios of counts, so a drop of exactly k points is common; in floats 281/300 − 1 point is not
-    always ≥ 278/300, hence the 1e-9 slack (far below one sample in any real count).
+    Accuracies are ratios of counts, so a drop of exactly k points is common, and in floats 281/300 − 275/300 is
+    2.000000000000014 points: rounded, "exactly 2 points down" compares as 2 with ``<=``, ``>`` and ``>=`` alike.
     """
-    return accuracy_pct >= reference_pct - points - 1e-9
+    return round(reference_pct - accuracy_pct, 9)
+
+
+def within_points(accuracy_pct: float, reference_pct: float, points: float) -> bool:
+    """Whether an accuracy (percent) is at most ``points`` below a reference's, "exactly ``points`` down" included."""
+    return points_down(accuracy_pct, reference_pct) <= points
 
 
 def aggregate(records: pd.DataFrame, by: Sequence[str], sort: bool = True) -> pd.DataFrame:

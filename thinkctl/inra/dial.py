@@ -14,7 +14,7 @@ from typing import Any
 from thinkctl.errors import ConfigError
 from thinkctl.inra.checkpoint import open_inra_backend
 from thinkctl.io import atomic_write_json, atomic_write_text
-from thinkctl.records import within_points
+from thinkctl.records import points_down
 from thinkctl.sweep import SweepConfig, run_sweep_config
 
 DIAL_LAMBDAS = (0.0, 0.25, 0.5, 1.0, 1.5)
@@ -57,8 +57,8 @@ def dial_check(summary: Any, lambdas: Sequence[float] = DIAL_LAMBDAS, min_reduct
     thinking = {lam: float(rows[lam]["mean_thinking_tokens"]) for lam in lambdas}
     accuracy = {lam: 100.0 * float(rows[lam]["accuracy"]) for lam in lambdas}
     reduction = {lam: 100.0 * (1 - thinking[lam] / thinking[0.0]) if thinking[0.0] else 0.0 for lam in lambdas}
-    drop = {lam: accuracy[0.0] - accuracy[lam] for lam in lambdas}
-    free = [lam for lam in lambdas if within_points(accuracy[lam], accuracy[0.0], max_accuracy_drop_pts)]
+    drop = {lam: points_down(accuracy[lam], accuracy[0.0]) for lam in lambdas}
+    free = [lam for lam in lambdas if drop[lam] <= max_accuracy_drop_pts]
     best = max(free, key=reduction.__getitem__)
     result = {
         "lambdas": list(lambdas),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from thinkctl.records import aggregate, within_points
+from thinkctl.records import aggregate, points_down, within_points
 
 #: the λ the checks read; the demo's default grid holds them all
 SHAPE_LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
@@ -137,16 +137,16 @@ def check_shape(records: pd.DataFrame) -> list[ShapeCheck]:
             f"λ {lam:g}: −{c:.1f}% at {acc[lam] - acc[0.0]:+.1f}" for lam, c in cut.items())
     checks.append(ShapeCheck("free region", found, detail))
 
-    drop = acc[0.0] - acc[1.0]
-    hard, easy = lacc[(0.0, last)] - lacc[(1.0, last)], lacc[(0.0, first)] - lacc[(1.0, first)]
-    falls = next((lam for lam in overall.index if lam > 0 and acc[lam] < acc[0.0] - 2), None)
+    drop = points_down(acc[1.0], acc[0.0])
+    hard, easy = points_down(lacc[(1.0, last)], lacc[(0.0, last)]), points_down(lacc[(1.0, first)], lacc[(0.0, first)])
+    falls = next((lam for lam in overall.index if lam > 0 and not within_points(acc[lam], acc[0.0], 2)), None)
     checks.append(ShapeCheck(
         "cliff, hard problems first", drop >= 15 and hard > easy,
         f"λ 1 is {drop:.1f} points below λ 0 (≥ 15); level {last} loses {hard:.1f}, level {first} {easy:.1f}; "
         f"accuracy starts to fall (first λ > 2 points down) at λ {falls if falls is None else f'{falls:g}'}"))
 
     grid = [lam for lam in overall.index if 0.0 <= lam <= 1.5]
-    dips = [(a, b) for i, a in enumerate(grid) for b in grid[i + 1:] if acc[b] > acc[a] + 2]
+    dips = [(a, b) for i, a in enumerate(grid) for b in grid[i + 1:] if not within_points(acc[a], acc[b], 2)]
     checks.append(ShapeCheck(
         "no half-fused dip", not dips,
         " → ".join(f"{acc[lam]:.1f}" for lam in grid) + " % on λ " + "/".join(f"{lam:g}" for lam in grid)

@@ -4,8 +4,8 @@ Mean thinking length falls as λ rises on the range that matters (the reference 
 λ = 0), but not necessarily everywhere: far past λ = 1 extrapolation can degenerate. So the search
 measures a small λ grid first, takes the first adjacent pair of grid points whose lengths straddle the
 target (the monotone part), and refines inside it by interpolation, falling back to bisection when
-interpolation would land too near an end, lands on a plateau (the end it replaces had the same length)
-or has moved the same end twice in a row. A λ *meets* the target when it thinks within a tolerance of N
+interpolation would land too near an end, lands on a plateau (the end it replaces had the same length, within
+the tolerance below) or has moved the same end twice in a row. A λ *meets* the target when it thinks within a tolerance of N
 (``rel_tol``, 5% by default); refinement stops at the first that does. The search then walks down towards λ 0: it
 probes halfway to the nearest smaller λ that thinks too long, keeps the probe while it still meets the target, and
 stops at the first probe that does not. The answer is the smallest λ found that meets the target: the least
@@ -13,8 +13,10 @@ realignment that reaches the length, not the λ closest to N. Accuracy falls wit
 distilled student's length drifts from its teacher's anyway (1–3% on the tiny world), so the smaller λ is the
 better teacher. Tiny world: on a plateau (λ 0.25 to 0.75 think the same) the walk takes λ 0.25,
 whose student was 1.0 point above the one at the grid's λ 0.5 (seed 0); where λ 0.25 thinks 4% over N and λ 0.5
-1% under (seed 2), it takes λ 0.25 too. On a sloped curve the first probe thinks too long and the walk costs that one
-measurement; pass a smaller ``rel_tol`` to land closer to N. Each measurement is a sweep at one λ on the calibration
+1% under (seed 2), it takes λ 0.25 too. On a sloped curve the walk stops at the first probe outside the tolerance,
+often the first (one measurement), and may end anywhere inside it: pass a smaller ``rel_tol`` to land closer to N.
+Only λ up to the bracket's upper end count (past it, extrapolation can think long again); a target that a grid λ
+meets without being bracketed is met all the same. Each measurement is a sweep at one λ on the calibration
 split with the run's own sampling (and samples per problem), recorded through :func:`thinkctl.sweep.run_sweep`, so a
 rerun reuses every λ already measured.
 
@@ -107,9 +109,9 @@ def calibrate_lambda(
     none is, the λ closest to it (see module docstring).
 
     ``measure(λ)`` runs the decoding at λ and returns its :class:`LengthPoint`. Refinement stops when a point is
-    within ``rel_tol`` of the target and the plateau walk ends, or after ``max_refinements`` measurements beyond the
+    within ``rel_tol`` of the target and the walk down ends, or after ``max_refinements`` measurements beyond the
     grid in all.
-    Raises :class:`CalibrationError` when no two grid neighbours straddle the target.
+    Raises :class:`CalibrationError` when no two grid neighbours straddle the target and no grid λ meets it.
     """
     if target_tokens <= 0:
         raise ConfigError(f"target thinking tokens must be positive, got {target_tokens}")
@@ -125,6 +127,9 @@ def calibrate_lambda(
             log.info("calibration λ=%g: %.1f thinking tokens, accuracy %.3f", lam, measured[lam].mean_thinking_tokens, measured[lam].accuracy)
         return measured[lam]
 
+    def meets(p: LengthPoint) -> bool:
+        return abs(p.mean_thinking_tokens - target_tokens) <= rel_tol * target_tokens
+
     def result(reachable: bool, best: LengthPoint | None = None) -> CalibrationResult:
         best = best or _closest(list(measured.values()), target_tokens)
         points = [measured[k] for k in sorted(measured)]
@@ -138,7 +143,7 @@ def calibrate_lambda(
          if (a.mean_thinking_tokens - target_tokens) * (b.mean_thinking_tokens - target_tokens) <= 0),
         None,
     )
-    if bracket is None:
+    if bracket is None and not any(map(meets, points)):
         res = result(reachable=False)
         lengths = [p.mean_thinking_tokens for p in points]
         side = "longer than the longest" if target_tokens > max(lengths) else "shorter than the shortest"
@@ -148,37 +153,38 @@ def calibrate_lambda(
             f"λ={res.lam:g} at {res.mean_thinking_tokens:.1f} tokens. Widen the λ grid or choose a reachable target.",
             res,
         )
-    lo, hi = bracket
-    last_moved, bisect = None, False
-    for _ in range(max_refinements):
-        if min(abs(p.mean_thinking_tokens - target_tokens) for p in (lo, hi)) <= rel_tol * target_tokens:
-            break
-        span = hi.mean_thinking_tokens - lo.mean_thinking_tokens
-        frac = (target_tokens - lo.mean_thinking_tokens) / span if span else 0.5
-        if bisect or not 0.1 <= frac <= 0.9:
-            frac = 0.5
-        mid = at(lo.lam + frac * (hi.lam - lo.lam))
-        if mid.lam in (lo.lam, hi.lam):
-            break
-        moved = "hi" if (lo.mean_thinking_tokens - target_tokens) * (mid.mean_thinking_tokens - target_tokens) <= 0 else "lo"
-        replaced = hi if moved == "hi" else lo
-        # Length curves have plateaus (a style that stops changing over a λ range): interpolation towards a
-        # plateau keeps landing on it, moving one end by a sliver at the same length. Bisect after such a step,
-        # or after the same end moved twice in a row.
-        flat = abs(mid.mean_thinking_tokens - replaced.mean_thinking_tokens) <= rel_tol * target_tokens
-        bisect = flat or moved == last_moved
-        last_moved = None if bisect else moved
-        if moved == "hi":
-            hi = mid
-        else:
-            lo = mid
+    # hits past the bracket (a length that rises again under extrapolation) are not the monotone part: left out
+    upper = bracket[1].lam if bracket is not None else grid[-1]
+    if bracket is not None:
+        lo, hi = bracket
+        last_moved, bisect = None, False
+        for _ in range(max_refinements):
+            if meets(lo) or meets(hi):
+                break
+            span = hi.mean_thinking_tokens - lo.mean_thinking_tokens
+            frac = (target_tokens - lo.mean_thinking_tokens) / span if span else 0.5
+            if bisect or not 0.1 <= frac <= 0.9:
+                frac = 0.5
+            mid = at(lo.lam + frac * (hi.lam - lo.lam))
+            if mid.lam in (lo.lam, hi.lam):
+                break
+            moved = "hi" if (lo.mean_thinking_tokens - target_tokens) * (mid.mean_thinking_tokens - target_tokens) <= 0 else "lo"
+            replaced = hi if moved == "hi" else lo
+            # Length curves have plateaus (a style that stops changing over a λ range): interpolation towards a
+            # plateau keeps landing on it, moving one end by a sliver at the same length. Bisect after such a step,
+            # or after the same end moved twice in a row.
+            flat = abs(mid.mean_thinking_tokens - replaced.mean_thinking_tokens) <= rel_tol * target_tokens
+            bisect = flat or moved == last_moved
+            last_moved = None if bisect else moved
+            if moved == "hi":
+                hi = mid
+            else:
+                lo = mid
 
-    def meets(p: LengthPoint) -> bool:
-        return abs(p.mean_thinking_tokens - target_tokens) <= rel_tol * target_tokens
-
-    hits = [p for p in measured.values() if meets(p)]
+    monotone = [p for p in measured.values() if p.lam <= upper]
+    hits = [p for p in monotone if meets(p)]
     if not hits:
-        return result(reachable=True)
+        return result(reachable=True, best=_closest(monotone, target_tokens))
     # Walk down (module docstring): halfway to the nearest smaller λ that thinks too long, while the probe meets the target.
     best = min(hits, key=lambda p: p.lam)
     while len(measured) - n_grid < max_refinements:
@@ -189,6 +195,9 @@ def calibrate_lambda(
         if probe.lam == best.lam or not meets(probe):
             break
         best = probe
+    if best.lam <= 0:
+        log.warning("λ=%g (the reference, or longer) already thinks within %g%% of %g tokens: distilling towards it "
+                    "shortens nothing", best.lam, 100 * rel_tol, target_tokens)
     return result(reachable=True, best=best)
 
 

@@ -114,7 +114,7 @@ class RealignConfig:
     adaptive_min_correct: float = option(0.5, "share of a λ's samples that must be right for the adaptive teacher to take it")
     lambda_grid: list[float] = lambda_grid_option(DEFAULT_GRID, "calibration grid, e.g. 0,0.5,1,1.5")
     calibration_refinements: int = option(6, "extra λ measured inside the bracketing grid interval")
-    length_tolerance: float = option(DEFAULT_TOLERANCE, "share of --target-tokens within which a λ meets it; calibration "
+    calibration_tolerance: float = option(DEFAULT_TOLERANCE, "share of --target-tokens within which a λ meets it; calibration "
                                                         "takes the smallest λ found that does (the least realignment)")
     train_benchmark: str = option("tiny", "benchmark whose problems the teacher answers for distillation")
     train_split: str | None = option("train", "its split")
@@ -146,8 +146,8 @@ class RealignConfig:
                               "cannot distil on a trace dataset (--data): drop one of them")
         if self.target_tokens is not None and self.target_tokens <= 0:
             raise ConfigError(f"realign: target_tokens must be positive, got {self.target_tokens}")
-        if not 0 < self.length_tolerance < 1:
-            raise ConfigError(f"realign: length_tolerance is a share of target_tokens in (0, 1), got {self.length_tolerance}")
+        if not 0 < self.calibration_tolerance < 1:
+            raise ConfigError(f"realign: calibration_tolerance is a share of target_tokens in (0, 1), got {self.calibration_tolerance}")
         if self.iterations is not None and self.iterations < 1:
             raise ConfigError(f"realign: iterations must be ≥ 1, got {self.iterations}")
         if self.lambdas_per_round and self.iterations not in (None, len(self.lambdas_per_round)):
@@ -193,7 +193,7 @@ def _saved_calibration(cfg: RealignConfig, out_dir: Path) -> CalibrationResult |
     if path.is_file():
         saved = CalibrationResult.from_dict(json.loads(path.read_text()))
         if (saved.target_tokens == cfg.target_tokens and saved.reachable and saved.method == CALIBRATION_METHOD
-                and saved.tolerance == cfg.length_tolerance):
+                and saved.tolerance == cfg.calibration_tolerance):
             log.info("reusing calibration λ=%g from %s", saved.lam, path)
             return saved
     return None
@@ -213,7 +213,7 @@ def _calibrate(cfg: RealignConfig, backend: RolloutBackend | None, out_dir: Path
                               cfg.n_samples, cfg.prompt)
     try:
         result = calibrate_lambda(measure, float(cfg.target_tokens), cfg.lambda_grid, cfg.calibration_refinements,
-                                  cfg.length_tolerance)
+                                  rel_tol=cfg.calibration_tolerance)
     except CalibrationError as e:
         atomic_write_json(path, e.result.to_dict())
         raise
@@ -357,7 +357,7 @@ def round_settings(cfg: RealignConfig, train: TrRaConfig, reference: str, aligne
              "engine": backend.engine, "dtype": backend.dtype, "device": backend.device.split(":")[0]}
     calibration = None if lam is not None else {
         "target_tokens": cfg.target_tokens, "lambda_grid": list(cfg.lambda_grid), "refinements": cfg.calibration_refinements,
-        "tolerance": cfg.length_tolerance,
+        "tolerance": cfg.calibration_tolerance,
         "benchmark": cfg.calib_benchmark, "split": cfg.calib_split, "limit": cfg.calib_limit, "seed": cfg.calib_seed,
         "n_samples": cfg.n_samples, **asked,
     }
