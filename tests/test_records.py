@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from thinkctl.errors import DataFormatError
-from thinkctl.records import SampleRecord, aggregate, load_records, points_down, read_records, within_points
+from thinkctl.records import (
+    SampleRecord,
+    aggregate,
+    load_records,
+    points_down,
+    read_records,
+    record_files,
+    within_points,
+)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "synthetic_sweep.jsonl"  # written by the pre-typed sweep code
 REQUIRED = {"benchmark": "b", "method": "fused", "problem_id": 7, "lam": 1, "correct": 1, "thinking_tokens": 3, "total_tokens": 5}
@@ -53,3 +61,18 @@ def test_points_down_compares_exact_counts_exactly() -> None:
     assert points_down(acc, ref) == 2.0
     assert within_points(acc, ref, 2.0) and not within_points(acc, ref, 1.9)
     assert points_down(ref, acc) == -2.0 and within_points(ref, acc, 0.0)  # above the reference is within any bound
+
+
+def test_a_directory_of_runs_reads_each_run_but_calibration_and_replaced_work(tmp_path):
+    """A controls sweep's out dir (``thinkctl report runs/tiny-control``): one run per control and budget and
+    ``fixed/``, beside ``summary.csv``, ``calibration/`` (not results) and ``replaced-*`` (stale work)."""
+    row = json.dumps(REQUIRED) + "\n"
+    for name in ("hard-20", "soft-20", "fixed", "calibration", "replaced-20261207-1200"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.jsonl").write_text(row)
+    (tmp_path / "summary.csv").write_text("control,budget\n")
+    (tmp_path / "report").mkdir()  # a report written inside holds no records
+    files = record_files([tmp_path])
+    assert sorted(f.parent.name for f in files) == ["fixed", "hard-20", "soft-20"]
+    with pytest.raises(DataFormatError, match="holds no results.jsonl"):
+        record_files([tmp_path / "report"])

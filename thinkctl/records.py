@@ -136,16 +136,23 @@ def read_records(path: str | os.PathLike[str]) -> list[SampleRecord]:
     return [SampleRecord.from_dict(row, f"{path}: record {i}") for i, row in enumerate(rows, start=1)]
 
 
+def _own_files(directory: Path) -> list[Path]:
+    return [directory / name for name in RECORD_FILES if (directory / name).is_file()]
+
+
 def _run_dir_files(path: Path) -> list[Path]:
     """The record files of a run directory: its own, else a realign run's evaluation (``eval/``, or every round's
-    ``round-k/eval/`` of an iterated run; calibration records are not results)."""
+    ``round-k/eval/`` of an iterated run), else those of the runs directly inside it (a controls sweep: one run per
+    control and budget, and ``fixed/``). Calibration records are not results; work moved to ``replaced-*`` is stale."""
     for directory in (path, path / "eval"):
-        found = [directory / name for name in RECORD_FILES if (directory / name).is_file()]
-        if found:
+        if found := _own_files(directory):
             return found
     rounds = sorted((p for p in path.glob("round-*") if p.name.removeprefix("round-").isdigit()),
                     key=lambda p: int(p.name.removeprefix("round-")))
-    return [f for r in rounds for f in _run_dir_files(r)]
+    if rounds:
+        return [f for r in rounds for f in _run_dir_files(r)]
+    runs = sorted(p for p in path.iterdir() if p.is_dir() and p.name != "calibration" and not p.name.startswith("replaced-"))
+    return [f for run in runs for f in _own_files(run)]
 
 
 def record_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
