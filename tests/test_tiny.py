@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from thinkctl.answers import extract_answer
 from thinkctl.grading import is_correct
+from thinkctl.records import within_points
 from thinkctl.thinking import count_thinking_tokens
 from thinkctl.tiny import TinyBuildConfig, build_tiny_pair, generate_problems, long_trace, short_trace
 from thinkctl.tiny.task import (
@@ -383,14 +384,12 @@ def test_realign_at_the_knee_reaches_the_target(realign_at_the_knee) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="met on seeds 0 and 1 (−0.3 and +0.7 points), missed on seed 2 and on seed 0 "
-                                        "with AVX2 kernels (−1.7 each, teachers −0.7 and +0.3): distillation costs the "
-                                        "careful pass slips (docs/tiny-world.md)")
 def test_realign_at_the_knee_keeps_accuracy(realign_at_the_knee) -> None:
-    """Done-means of TrRa: the student is at most 1 point less accurate than the reference (inclusive)."""
+    """Done-means of TrRa: the student is at most 1 point less accurate than the reference (inclusive). Measured
+    0.0 / +0.3 / −0.3 / +0.3 points (seeds 0 / 1 / 2, seed 0 on AVX2 kernels) at the recipe's learning rate 5e-5."""
     _, report = realign_at_the_knee
     ref, student = report["rows"][0], report["rows"][-1]
-    assert student["accuracy"] >= ref["accuracy"] - 0.01 - 1e-9, report
+    assert within_points(100 * student["accuracy"], 100 * ref["accuracy"], 1.0), report
 
 
 def test_tiny_recipe_spells_out_the_built_in_defaults() -> None:
