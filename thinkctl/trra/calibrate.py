@@ -10,9 +10,9 @@ the tolerance below) or has moved the same end twice in a row. A λ *meets* the 
 probes halfway to the nearest smaller λ that thinks too long, keeps the probe while it still meets the target, and
 stops at the first probe that does not. The answer is the smallest λ found that meets the target: the least
 realignment that reaches the length, not the λ closest to N. Accuracy falls with λ past the free region, while a
-distilled student's length drifts from its teacher's anyway (1–3% on the tiny world), so the smaller λ is the
+distilled student's length drifts from its teacher's anyway (up to 4% on the tiny world), so the smaller λ is the
 better teacher. Tiny world: on a plateau (λ 0.25 to 0.75 think the same) the walk takes λ 0.25,
-whose student was 1.0 point above the one at the grid's λ 0.5 (seed 0); where λ 0.25 thinks 4% over N and λ 0.5
+whose student was 1.0 point above the one at the grid's λ 0.5 (seed 0, learning rate 2e-4); where λ 0.25 thinks 4% over N and λ 0.5
 1% under (seed 2), it takes λ 0.25 too. On a sloped curve the walk stops at the first probe outside the tolerance,
 often the first (one measurement), and may end anywhere inside it: pass a smaller ``rel_tol`` to land closer to N.
 Only λ up to the bracket's upper end count (past it, extrapolation can think long again); a target that a grid λ
