@@ -93,8 +93,9 @@ def write_dial_report(check: dict[str, Any], out_dir: str | Path, title: str = "
         lines.append(f"| {lam} | {check['n'][lam]} | {check['accuracy_pct'][lam]:.1f} | {check['mean_thinking_tokens'][lam]:.1f} |")
     lines += [
         "",
-        f"monotone up to λ 1: {check['monotone']}; past λ 1: {_rise_text(check.get('rise_past_one_pct'))}; largest free cut: λ={check['free_lambda']} thinks {check['free_reduction_pct']:.1f}% less "
-        f"than λ=0 at {-check['free_accuracy_drop_pts']:+.1f} pts; cliff (> {check['cliff_drop_pts']:g} pts lost) at λ={check['cliff_lambda']}; "
+        f"monotone up to λ 1: {check['monotone']}; past λ 1: {_rise_text(check['rise_past_one_pct'])}; "
+        f"largest free cut: λ={check['free_lambda']} thinks {check['free_reduction_pct']:.1f}% less than λ=0 at "
+        f"{-check['free_accuracy_drop_pts']:+.1f} pts; cliff (> {check['cliff_drop_pts']:g} pts lost) at λ={check['cliff_lambda']}; "
         f"passed: {check['passed']}",
     ]
     return atomic_write_text(out_dir / "dial.md", "\n".join(lines) + "\n")
